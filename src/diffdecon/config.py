@@ -1,0 +1,202 @@
+"""The three profiles of the project: ``smoke``, ``quick`` and ``paper``.
+
+One code path, three sizes. Every notebook takes a ``profile`` parameter and every
+library function that depends on the size of the problem takes a :class:`Profile`.
+
+* ``paper``: the published configuration (256 px at 0.4 kpc/px, g r i; the UNet of
+  improved DDPM with 354 M parameters; 1000 diffusion steps; 256 posterior samples).
+  It needs a GPU.
+* ``quick``: the default of ``make paper``; meaningful results on a 2-core CPU.
+  64 px at 0.6 kpc/px, i.e. a 38.4 kpc field of view.
+
+  The trade-off, written down: a 2-core CPU trains a UNet of a few million parameters
+  at a few images per second, so the model cannot have 256 px. With 64 px we must choose
+  between resolution and field of view. At the paper's low-redshift targets
+  (z = 0.166 to 0.217, Planck15: 2.9 to 3.5 kpc/arcsec) a 0.6 kpc pixel is 0.17 to
+  0.21 arcsec, about one HSC pixel (0.168 arcsec) and a third of the HSC PSF FWHM
+  (0.6 to 0.8 arcsec): finer than the PSF, so deconvolution has something to recover.
+  The 38.4 kpc field is 11 to 13 arcsec there (66 to 79 HSC pixels), which holds
+  the targets' disks (half-light radii of a few kpc) out to about 3 half-light radii,
+  but not their faintest outskirts. At z = 0.8463 the field is 30 HSC pixels, an
+  upsampling factor of 2.2: the regime where the paper reports hallucinations.
+* ``smoke``: 32 px at 1.2 kpc/px (same field), a tiny network and a handful of steps and
+  samples, so that CI executes every notebook in seconds. Its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BANDS: tuple[str, ...] = ("g", "r", "i")
+"""Photometric bands of the model images and of the HSC observations, in this order."""
+
+HSC_PIXEL_SCALE: float = 0.168
+"""HSC pixel scale [arcsec/px] (the paper rounds it to 0.17)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of everything for one profile.
+
+    Attributes
+    ----------
+    name : str
+        ``smoke``, ``quick`` or ``paper``.
+    image_size : int
+        Side of the model (idealized) image [px].
+    pixel_scale_kpc : float
+        Physical pixel scale of the model image [kpc/px] (paper: 0.4).
+    bands : tuple of str
+        Photometric bands, ``("g", "r", "i")``.
+    asinh_a : float
+        Softening of the asinh stretch of the prior's normalisation [normalised flux]
+        (paper: 0.01).
+    flux_norm : float
+        Each idealized image is scaled so that its flux summed over all pixels and
+        bands equals ``flux_norm`` [normalised flux] before the stretch. The value
+        ``36 / pixel_scale_kpc**2`` puts the peak of a typical disk near 1, as the
+        paper's min-max normalisation did, while keeping the flux scale known: the
+        forward model multiplies by the observed total flux / ``flux_norm``.
+    block_out_channels, layers_per_block, attention_resolutions :
+        UNet size (diffusers ``UNet2DModel``); attention at these feature-map sides [px].
+    diffusion_steps : int
+        Number of steps T of the (cosine) noise schedule.
+    dataset_size : int
+        Number of synthetic idealized galaxies in the training set.
+    train_steps, batch_size, lr, ema_decay, max_shift_px :
+        Training length [optimizer steps], batch, AdamW learning rate, EMA decay and the
+        maximum random shift [px] (paper: 10 px at 256 px).
+    checkpoint_every : int
+        Steps between checkpoints.
+    sampling_steps : int
+        Steps of the posterior samplers (DPS as published uses ``diffusion_steps``).
+    n_posterior, n_prior : int
+        Posterior samples per target (paper: 256) and unconditional prior samples for
+        the variance ratio (paper: 1024).
+    aperture_radius_px : float
+        Radius of the variance-ratio aperture [model px]: 30 px at 256 px, scaled.
+    n_mock : int
+        Number of mock observations in the validation and calibration sets.
+    seed : int
+        Master seed.
+    """
+
+    name: str
+    image_size: int
+    pixel_scale_kpc: float
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention_resolutions: tuple[int, ...]
+    dataset_size: int
+    train_steps: int
+    batch_size: int
+    checkpoint_every: int
+    sampling_steps: int
+    n_posterior: int
+    n_prior: int
+    n_mock: int
+    diffusion_steps: int = 1000
+    bands: tuple[str, ...] = BANDS
+    asinh_a: float = 0.01
+    lr: float = 1e-4
+    ema_decay: float = 0.9999
+    max_shift_px: int = 0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def field_of_view_kpc(self) -> float:
+        """Side of the model image [kpc]."""
+        return self.image_size * self.pixel_scale_kpc
+
+    @property
+    def flux_norm(self) -> float:
+        """Total normalised flux of one idealized image (see class docstring)."""
+        return 36.0 / self.pixel_scale_kpc**2
+
+    @property
+    def aperture_radius_px(self) -> float:
+        """Variance-ratio aperture radius [model px]: 30 px at 256 px, scaled with size."""
+        return 30.0 * self.image_size / 256.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable record (stored in manifests and checkpoints)."""
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        d["attention_resolutions"] = list(self.attention_resolutions)
+        d["bands"] = list(self.bands)
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        image_size=32,
+        pixel_scale_kpc=1.2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        attention_resolutions=(),
+        dataset_size=256,
+        train_steps=40,
+        batch_size=16,
+        checkpoint_every=20,
+        sampling_steps=10,
+        n_posterior=4,
+        n_prior=8,
+        n_mock=2,
+        max_shift_px=1,
+    ),
+    "quick": Profile(
+        name="quick",
+        image_size=64,
+        pixel_scale_kpc=0.6,
+        block_out_channels=(32, 64, 96, 128),
+        layers_per_block=1,
+        attention_resolutions=(16, 8),
+        dataset_size=12000,
+        train_steps=3000,
+        batch_size=32,
+        checkpoint_every=200,
+        sampling_steps=100,
+        n_posterior=32,
+        n_prior=128,
+        n_mock=16,
+        max_shift_px=3,
+    ),
+    "paper": Profile(
+        name="paper",
+        image_size=256,
+        pixel_scale_kpc=0.4,
+        block_out_channels=(192, 192, 384, 384, 768, 768),
+        layers_per_block=3,
+        attention_resolutions=(16, 8),
+        dataset_size=17852,
+        train_steps=525_000,
+        batch_size=64,
+        checkpoint_every=5000,
+        sampling_steps=1000,
+        n_posterior=256,
+        n_prior=1024,
+        n_mock=64,
+        max_shift_px=10,
+    ),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Return the profile called ``name`` (a :class:`Profile` is returned unchanged).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of ``smoke``, ``quick``, ``paper``.
+    """
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; accepted values: {', '.join(PROFILES)}"
+        ) from None

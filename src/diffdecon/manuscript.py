@@ -1,0 +1,83 @@
+r"""Numbers and tables for the manuscript, written by the code.
+
+Every number quoted in ``paper/main.tex`` comes from a ``\newcommand`` file in
+``paper/variables/`` written here, and every table from ``paper/tables/``, so text and
+results cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from . import paths
+from .cache import atomic_write_text
+
+_NAME = re.compile(r"^[A-Za-z]+$")
+
+
+def _format(value: Any, digits: int) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", "{,}")
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{value:.0f}"
+    return latex_escape(str(value))
+
+
+def latex_escape(text: str) -> str:
+    """Escape the LaTeX special characters of plain text."""
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"),
+                 ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\~{}"), ("^", r"\^{}")):
+        text = text.replace(a, b)
+    return text
+
+
+def write_variables(name: str, values: dict[str, Any], digits: int = 3, directory: Path | None = None) -> Path:
+    r"""Write ``\newcommand{\<key>}{<value>}`` lines to ``paper/variables/<name>.tex``.
+
+    Keys must be letters only (LaTeX macro names), e.g. ``{"FigOneRedshift": 0.2}``.
+
+    Raises
+    ------
+    ValueError
+        If a key is not a valid LaTeX macro name.
+    """
+    lines = [f"% written by diffdecon.manuscript.write_variables('{name}'); do not edit"]
+    for key, value in values.items():
+        if not _NAME.match(key):
+            raise ValueError(f"variable name {key!r} is not a LaTeX macro name (letters only)")
+        lines.append(f"\\newcommand{{\\{key}}}{{{_format(value, digits)}}}")
+    path = (directory or paths.VARIABLES) / f"{name}.tex"
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def latex_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    caption: str | None = None,
+    label: str | None = None,
+    digits: int = 3,
+    note: str | None = None,
+) -> str:
+    """A booktabs ``tabular`` (wrapped in ``table`` when a caption is given)."""
+    rows = [[_format(v, digits) if not isinstance(v, str) else v for v in row] for row in rows]
+    body = [r"\begin{tabular}{" + "l" + "r" * (len(header) - 1) + "}", r"\toprule",
+            " & ".join(header) + r" \\", r"\midrule"]
+    body += [" & ".join(row) + r" \\" for row in rows]
+    body += [r"\bottomrule", r"\end{tabular}"]
+    if note:
+        body.append(r"\\[2pt]{\footnotesize " + note + "}")
+    if caption is None:
+        return "\n".join(body) + "\n"
+    out = [r"\begin{table}[ht]", r"\centering", r"\caption{" + caption + "}"]
+    if label:
+        out.append(r"\label{" + label + "}")
+    return "\n".join(out + body + [r"\end{table}"]) + "\n"
+
+
+def write_table(name: str, latex: str, directory: Path | None = None) -> Path:
+    """Write a LaTeX table to ``paper/tables/<name>.tex`` atomically."""
+    return atomic_write_text((directory or paths.TABLES) / f"{name}.tex", latex)

@@ -1,0 +1,64 @@
+"""Figures: display transforms and saving into ``paper/figures``.
+
+Functions here take arrays and return or save matplotlib figures; they hold no science.
+Helpers for a particular figure live beside their siblings below (append, don't rewrite).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from . import paths
+from .cache import atomic_path
+
+
+def to_numpy(x) -> np.ndarray:
+    """A float64 numpy copy of a numpy array or torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def rgb(image, stretch: float = 0.5, q: float = 8.0, minimum: float = 0.0) -> np.ndarray:
+    """A Lupton et al. (2004) asinh RGB composite of a ``(3, H, W)`` g, r, i flux image.
+
+    Uses :func:`astropy.visualization.make_lupton_rgb` with i -> red, r -> green,
+    g -> blue. ``stretch`` is in the image's flux units. Returns ``(H, W, 3)`` floats in [0, 1].
+    """
+    from astropy.visualization import make_lupton_rgb
+
+    g, r, i = to_numpy(image)
+    return make_lupton_rgb(i, r, g, minimum=minimum, stretch=stretch, Q=q).astype(np.float64) / 255.0
+
+
+def auto_stretch(image, percentile: float = 99.5) -> float:
+    """A display stretch [flux units]: the ``percentile`` of the image's positive pixels."""
+    a = to_numpy(image)
+    pos = a[a > 0]
+    return float(np.percentile(pos, percentile)) if pos.size else 1.0
+
+
+def mark_synthetic(fig, text: str = "SYNTHETIC galaxies (GalSim), not TNG") -> None:
+    """Stamp a figure as made from a fallback (synthetic or mock) input, on the figure itself."""
+    fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=7, color="crimson",
+             bbox=dict(facecolor="white", alpha=0.8, edgecolor="crimson", lw=0.5))
+
+
+def save_figure(fig, name: str, directory: Path | None = None, formats=("pdf", "png"), dpi: int = 150) -> list[Path]:
+    """Save ``fig`` as ``paper/figures/<name>.<fmt>`` atomically, then close it.
+
+    Closing matters: an open figure prints a ``<Figure size ...>`` repr in notebooks,
+    which nbval would compare.
+    """
+    out = []
+    directory = directory or paths.FIGURES
+    for fmt in formats:
+        path = Path(directory) / f"{name}.{fmt}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        out.append(path)
+    plt.close(fig)
+    return out
