@@ -200,3 +200,24 @@ def get_profile(name: str | Profile) -> Profile:
         raise ValueError(
             f"unknown profile {name!r}; accepted values: {', '.join(PROFILES)}"
         ) from None
+
+
+PROFILE_ENV = "DIFFDECON_PROFILE"
+"""Environment variable that overrides a notebook's ``profile`` parameter.
+
+``pytest --nbval`` executes the committed notebooks as they are (it cannot inject
+papermill parameters), so the test suite sets ``DIFFDECON_PROFILE=smoke``."""
+
+
+def notebook_profile(profile: str) -> Profile:
+    """The profile a notebook runs under: ``$DIFFDECON_PROFILE`` if set, else ``profile``.
+
+    Prints which one was chosen and why, so an executed notebook records it.
+    """
+    import os
+
+    override = os.environ.get(PROFILE_ENV)
+    chosen = get_profile(override or profile)
+    source = f"${PROFILE_ENV}" if override else "notebook parameter"
+    print(f"profile: {chosen.name} (from {source})")
+    return chosen
