@@ -16,6 +16,11 @@ DIFFDECON_DATA
 DIFFDECON_CACHE
     Where built datasets and other expensive intermediate products are cached
     (default: ``<root>/data/cache``).
+DIFFDECON_PAPER
+    Where the notebooks write figures, tables and ``\\newcommand`` variables
+    (default: ``<root>/paper``). The test suite points it at ``build/test-paper`` so
+    that executing the notebooks under the smoke profile never overwrites the
+    manuscript's quick-profile results.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ ROOT: Path = _env_path("DIFFDECON_ROOT", Path(__file__).resolve().parents[2])
 """The project checkout."""
 
 NOTEBOOKS: Path = ROOT / "notebooks"
-PAPER: Path = ROOT / "paper"
+PAPER: Path = _env_path("DIFFDECON_PAPER", ROOT / "paper")
+"""Output folder of the notebooks (figures, tables, variables)."""
 FIGURES: Path = PAPER / "figures"
 TABLES: Path = PAPER / "tables"
 VARIABLES: Path = PAPER / "variables"
+MANUSCRIPT: Path = ROOT / "paper"
+"""The LaTeX sources (always in the checkout)."""
 BUILD: Path = ROOT / "build"
 MODELS: Path = ROOT / "models"
 """Committed checkpoints (``models/<profile>/``)."""
