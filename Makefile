@@ -14,6 +14,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
+# Optional extra package index for torch, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# for the small CPU wheel on a machine without a GPU.
+TORCH_INDEX ?=
 # Real data: $DIFFDECON_DATA if set; in a development checkout beside ../shared, that
 # folder; otherwise data/external, where `make data` downloads.
 DIFFDECON_DATA ?= $(if $(wildcard ../shared/data/hsc_pdr3_cosmos),$(abspath ../shared/data),$(CURDIR)/data/external)
@@ -33,7 +36,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade -q pip
-	$(PY) -m pip install -q -e '.[notebooks,test]'
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[notebooks,test]'
 	$(PY) -m ipykernel install --sys-prefix --name diffdecon --display-name "Python (diffdecon)" >/dev/null
 	@touch $@
 
