@@ -1,0 +1,531 @@
+"""The forward model y = A(x) + sigma_y n, in linear flux units.
+
+``A = PSF * f_{z,p}`` maps an idealized (model) image to an observation:
+
+1. ``f_{z,p}``, the redshift scaling and pixel matching: the model grid
+   (``image_size`` px of ``pixel_scale_kpc`` proper kpc) is placed at redshift ``z`` and
+   rebinned onto the observation grid (``pixel_scale_arcsec`` arcsec/px). One model pixel
+   is ``w = pixel_scale_kpc * arcsec_per_kpc(z) / pixel_scale_arcsec`` observation
+   pixels wide, so the model field is ``m(z, p) = image_size * w`` observation pixels
+   wide (:func:`observed_size`).
+2. Per-band convolution with the band's PSF.
+
+Design choices (written down because the reference code made others):
+
+* **Linear flux, flux conserving.** ``f_{z,p}`` is an exact area-weighted rebinning of the
+  piecewise-constant model image: the flux of each model pixel is shared among the
+  observation pixels it overlaps, in proportion to the overlap area. It is separable,
+  ``f(X) = R_y X R_x^T`` with 1-D matrices ``R[i, j] = |obs px i ∩ model px j| / w``
+  (rows: observation pixels, columns: model pixels), so every column of ``R`` sums to 1
+  when the model field lies inside the (padded) observation field: total flux is conserved
+  exactly. The reference code instead multiplied by the pixel-area ratio and resized
+  bilinearly, which conserves flux only approximately and is not exactly linear-adjoint.
+  The asinh stretch of the prior is kept out of this module.
+* **Exact adjoint.** The model is rebinned onto the observation grid padded by
+  ``(k - 1) / 2`` pixels on each side (k the PSF size) and then convolved in 'valid' mode
+  down to ``obs_size``, so flux from just outside the field that the PSF scatters into it
+  is accounted for and no boundary convention (zero, reflect, periodic) is needed. The
+  adjoint is the transposed chain: ``conv_transpose2d`` then ``R_y^T Y R_x``.
+* **Convolution, not correlation.** ``torch.nn.functional.conv2d`` correlates, so the PSF
+  is flipped; this matters for asymmetric PSFs.
+
+Conventions: images are ``(B, C, H, W)`` tensors (a single ``(C, H, W)`` image is also
+accepted and returned unbatched), rows are y and columns are x; the observation centre is
+the geometric centre of the observation array and the model image's geometric centre is
+placed at the observation centre plus ``center_offset = (dy, dx)`` [obs px].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import HSC_PIXEL_SCALE
+
+__all__ = [
+    "MIN_OBSERVED_SIZE",
+    "arcsec_per_kpc",
+    "observed_size",
+    "validate_psf",
+    "gaussian_psf",
+    "rebin_matrix",
+    "ForwardModel",
+    "add_noise",
+    "mock_observation",
+]
+
+MIN_OBSERVED_SIZE: float = 8.0
+"""Smallest accepted observed size m(z, p) of the model field [obs px].
+
+Below about 8 observation pixels the whole model image collapses into a few HSC pixels
+(smaller than the HSC PSF FWHM of about 4 px): the observation carries almost no
+information about the galaxy's structure and the inverse problem is meaningless."""
+
+
+# --------------------------------------------------------------------------------------
+# Cosmology: angular scale and observed size m(z, p)
+# --------------------------------------------------------------------------------------
+
+
+def _accepted_cosmologies() -> tuple[str, ...]:
+    from astropy.cosmology import realizations
+
+    return tuple(realizations.available)
+
+
+def _get_cosmology(cosmology: Any):
+    """Resolve ``cosmology`` (a name of an astropy built-in realisation or an instance)."""
+    from astropy.cosmology import Cosmology
+
+    if isinstance(cosmology, Cosmology):
+        return cosmology
+    accepted = _accepted_cosmologies()
+    if isinstance(cosmology, str) and cosmology in accepted:
+        import astropy.cosmology
+
+        return getattr(astropy.cosmology, cosmology)
+    raise ValueError(
+        f"unknown cosmology {cosmology!r}; accepted: an astropy.cosmology.Cosmology "
+        f"instance or one of the built-in realisations {', '.join(accepted)}"
+    )
+
+
+def _check_z(z: Any) -> float:
+    try:
+        zf = float(z)
+    except (TypeError, ValueError):
+        raise ValueError(f"redshift z={z!r} is not a number; accepted: z > 0") from None
+    if not math.isfinite(zf) or zf <= 0:
+        raise ValueError(f"invalid redshift z={z!r}; accepted: z > 0 (finite)")
+    return zf
+
+
+def _check_positive(name: str, value: Any, unit: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number; accepted: > 0 [{unit}]") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"invalid {name}={value!r}; accepted: finite and > 0 [{unit}]")
+    return v
+
+
+def _check_size(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"invalid {name}={value!r}; accepted: a positive integer [px]")
+    return int(value)
+
+
+def arcsec_per_kpc(z: float, cosmology: Any = "Planck15") -> float:
+    """Angular size of one proper kpc at redshift ``z`` [arcsec/kpc].
+
+    Parameters
+    ----------
+    z : float
+        Redshift, > 0.
+    cosmology : str or astropy.cosmology.Cosmology
+        A built-in astropy realisation by name (``"Planck15"`` as in the reference code,
+        ``"Planck18"``, ``"WMAP9"``, ...) or a ``Cosmology`` instance.
+
+    Raises
+    ------
+    ValueError
+        If ``z`` is not finite and > 0, or ``cosmology`` is not accepted.
+    """
+    zf = _check_z(z)
+    cosmo = _get_cosmology(cosmology)
+    return float(cosmo.arcsec_per_kpc_proper(zf).value)
+
+
+def observed_size(
+    z: float,
+    image_size: int,
+    pixel_scale_kpc: float,
+    pixel_scale_arcsec: float = HSC_PIXEL_SCALE,
+    cosmology: Any = "Planck15",
+) -> float:
+    """Observed size m(z, p) of the model field [obs px].
+
+    ``m = image_size * pixel_scale_kpc * arcsec_per_kpc(z) / pixel_scale_arcsec``:
+    the angular size of the model field (``image_size`` px of ``pixel_scale_kpc`` proper
+    kpc) at redshift ``z``, in observation pixels of ``pixel_scale_arcsec`` arcsec.
+    The paper's configuration (256 px, 0.4 kpc/px, p = 0.168 arcsec/px) gives m < 80 at
+    z > 0.7, i.e. an upsampling factor ``image_size / m`` > 3.
+
+    Raises
+    ------
+    ValueError
+        If ``z`` is not finite and > 0, a size or scale is not positive, or
+        ``m < MIN_OBSERVED_SIZE``.
+    """
+    zf = _check_z(z)
+    n = _check_size("image_size", image_size)
+    s_kpc = _check_positive("pixel_scale_kpc", pixel_scale_kpc, "kpc/px")
+    p = _check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
+    m = n * s_kpc * arcsec_per_kpc(zf, cosmology) / p
+    if m < MIN_OBSERVED_SIZE:
+        raise ValueError(
+            f"at z={zf:g} the model field ({n} px of {s_kpc:g} kpc) is only m={m:.3g} "
+            f"observation pixels of {p:g} arcsec wide; accepted: m >= MIN_OBSERVED_SIZE="
+            f"{MIN_OBSERVED_SIZE:g} obs px (lower z or a larger field)"
+        )
+    return float(m)
+
+
+# --------------------------------------------------------------------------------------
+# PSFs
+# --------------------------------------------------------------------------------------
+
+
+def validate_psf(psf: Any, name: str = "psf") -> np.ndarray:
+    """Check a PSF image and return it normalised to unit sum per band.
+
+    Parameters
+    ----------
+    psf : array-like, shape (k, k) or (C, k, k)
+        PSF image(s) on the observation pixel grid [relative flux per obs px]; ``k`` odd so
+        that the PSF centre is a pixel centre.
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray, float64, same shape, each band summing to 1.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dimensions, non-square or even size, non-finite values, or a band
+        whose sum is not clearly positive.
+    """
+    if isinstance(psf, torch.Tensor):
+        psf = psf.detach().cpu().numpy()
+    try:
+        arr = np.array(psf, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not a numeric array; accepted: a (k, k) or (C, k, k) array") from None
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{name} has shape {arr.shape} ({arr.ndim}-D); accepted: (k, k) or (C, k, k)"
+        )
+    k_y, k_x = arr.shape[-2:]
+    if k_y != k_x or k_y % 2 == 0:
+        raise ValueError(
+            f"{name} has shape {arr.shape}; accepted: square with an odd side k "
+            f"(centre on a pixel)"
+        )
+    if arr.ndim == 3 and arr.shape[0] < 1:
+        raise ValueError(f"{name} has shape {arr.shape}; accepted: at least one band")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN/inf); accepted: finite values")
+    bands = arr.reshape(-1, k_y, k_x)
+    sums = bands.sum(axis=(1, 2))
+    abs_sums = np.abs(bands).sum(axis=(1, 2))
+    for c, (s, a) in enumerate(zip(sums, abs_sums)):
+        if not s > 1e-8 * max(a, 1e-300):
+            raise ValueError(
+                f"{name} band {c} sums to {s:.3g} (sum of |values| {a:.3g}); accepted: a "
+                f"clearly positive sum (it is normalised to 1)"
+            )
+    out = bands / sums[:, None, None]
+    return out.reshape(arr.shape)
+
+
+def gaussian_psf(fwhm_arcsec: float, size: int, pixel_scale_arcsec: float = HSC_PIXEL_SCALE) -> np.ndarray:
+    """Circular Gaussian PSF image, sampled at pixel centres and normalised to unit sum.
+
+    Sampling at pixel centres (no extra pixel-response integration) is the right effective
+    PSF here: the rebinned model image already holds pixel-integrated flux.
+
+    Parameters
+    ----------
+    fwhm_arcsec : float
+        Full width at half maximum [arcsec] (HSC: about 0.6-0.8).
+    size : int
+        Odd side of the PSF image [obs px].
+    pixel_scale_arcsec : float
+        Observation pixel scale [arcsec/px].
+
+    Returns
+    -------
+    numpy.ndarray, float64, shape (size, size).
+    """
+    fwhm = _check_positive("fwhm_arcsec", fwhm_arcsec, "arcsec")
+    p = _check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
+    k = _check_size("size", size)
+    if k % 2 == 0:
+        raise ValueError(f"invalid size={size!r}; accepted: an odd positive integer [px]")
+    sigma_px = fwhm / p / (2.0 * math.sqrt(2.0 * math.log(2.0)))  # FWHM = 2 sqrt(2 ln 2) sigma
+    r = np.arange(k) - (k - 1) / 2
+    g = np.exp(-0.5 * (r / sigma_px) ** 2)
+    img = np.outer(g, g)
+    return img / img.sum()
+
+
+# --------------------------------------------------------------------------------------
+# Resampling f_{z,p}
+# --------------------------------------------------------------------------------------
+
+
+def rebin_matrix(n_model: int, n_obs: int, width: float, offset: float = 0.0) -> np.ndarray:
+    """1-D area-weighted rebinning matrix from a model grid onto an observation grid.
+
+    Both grids are centred on 0 (plus ``offset`` for the model grid), in units of obs px:
+    model pixel j spans ``[(j - n_model/2) w + offset, (j + 1 - n_model/2) w + offset]`` and
+    obs pixel i spans ``[i - n_obs/2, i + 1 - n_obs/2]``.
+
+    Returns ``R`` with shape (n_obs, n_model), ``R[i, j] = |obs i ∩ model j| / w``: the
+    fraction of model pixel j's flux landing in obs pixel i (columns sum to 1 for model
+    pixels inside the observation grid).
+    """
+    w = float(width)
+    u = (np.arange(n_model + 1) - n_model / 2) * w + float(offset)  # model pixel edges [obs px]
+    v = np.arange(n_obs + 1) - n_obs / 2  # obs pixel edges [obs px]
+    lo = np.maximum(v[:-1, None], u[None, :-1])
+    hi = np.minimum(v[1:, None], u[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / w
+
+
+def _as_batched(x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 3:
+        return x.unsqueeze(0), True
+    if x.ndim == 4:
+        return x, False
+    raise ValueError(f"{name} has shape {tuple(x.shape)}; accepted: (B, C, H, W) or (C, H, W)")
+
+
+class ForwardModel(torch.nn.Module):
+    """Linear forward operator ``A = PSF * f_{z,p}`` in linear flux units.
+
+    Parameters
+    ----------
+    z : float
+        Redshift of the galaxy (> 0).
+    psf : array-like, (C, k, k) or (k, k)
+        PSF image per band on the observation grid (odd k); normalised here. A single
+        (k, k) PSF is applied to every band.
+    obs_size : int
+        Side of the observation image [obs px].
+    image_size : int
+        Side of the model image [model px].
+    pixel_scale_kpc : float
+        Model pixel scale [proper kpc/px].
+    pixel_scale_arcsec : float
+        Observation pixel scale [arcsec/px] (HSC 0.168).
+    cosmology : str or astropy Cosmology
+        See :func:`arcsec_per_kpc`.
+    center_offset : (float, float)
+        Offset (dy, dx) [obs px] of the model image centre from the observation centre.
+    dtype : torch.dtype
+        Floating dtype of the operator's buffers; inputs of another floating dtype are
+        handled by casting the buffers.
+
+    Attributes
+    ----------
+    z, obs_size, image_size, n_bands (None when a single PSF is broadcast)
+    m : float
+        Observed size of the model field [obs px] (:func:`observed_size`).
+    upsampling_factor : float
+        ``image_size / m`` (> 1: the model is finer than the observation).
+    pad : int
+        ``(k - 1) / 2``, padding of the intermediate grid [obs px].
+    """
+
+    def __init__(
+        self,
+        z: float,
+        psf: Any,
+        obs_size: int,
+        image_size: int,
+        pixel_scale_kpc: float,
+        pixel_scale_arcsec: float = HSC_PIXEL_SCALE,
+        cosmology: Any = "Planck15",
+        center_offset: Sequence[float] = (0.0, 0.0),
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"invalid dtype={dtype!r}; accepted: a floating torch dtype")
+        self.z = _check_z(z)
+        self.obs_size = _check_size("obs_size", obs_size)
+        self.image_size = _check_size("image_size", image_size)
+        self.pixel_scale_kpc = _check_positive("pixel_scale_kpc", pixel_scale_kpc, "kpc/px")
+        self.pixel_scale_arcsec = _check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
+        self.m = observed_size(self.z, self.image_size, self.pixel_scale_kpc, self.pixel_scale_arcsec, cosmology)
+        self.upsampling_factor = self.image_size / self.m
+        # w: width of one model pixel [obs px]
+        self.model_pixel_width = self.m / self.image_size
+        try:
+            dy, dx = (float(v) for v in center_offset)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"invalid center_offset={center_offset!r}; accepted: two finite numbers (dy, dx) [obs px]"
+            ) from None
+        if not (math.isfinite(dy) and math.isfinite(dx)):
+            raise ValueError(f"invalid center_offset={center_offset!r}; accepted: finite (dy, dx) [obs px]")
+        self.center_offset = (dy, dx)
+
+        psf_np = validate_psf(psf)
+        self.n_bands = psf_np.shape[0] if psf_np.ndim == 3 else None
+        k = psf_np.shape[-1]
+        self.pad = (k - 1) // 2
+        n_pad = self.obs_size + 2 * self.pad
+        # Step 1, f_{z,p}: separable rebinning matrices onto the padded obs grid.
+        R_y = rebin_matrix(self.image_size, n_pad, self.model_pixel_width, dy)
+        R_x = rebin_matrix(self.image_size, n_pad, self.model_pixel_width, dx)
+        self.register_buffer("R_y", torch.as_tensor(R_y, dtype=dtype))
+        self.register_buffer("R_x", torch.as_tensor(R_x, dtype=dtype))
+        # Step 2: per-band PSF as a grouped-conv weight (C, 1, k, k), flipped so that
+        # conv2d (a correlation) performs a true convolution.
+        w = psf_np.reshape(-1, 1, k, k)[..., ::-1, ::-1].copy()
+        self.register_buffer("psf_weight", torch.as_tensor(w, dtype=dtype))
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _buffers_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"input dtype {x.dtype} is not floating point; accepted: float32/float64")
+        return (
+            self.R_y.to(device=x.device, dtype=x.dtype),
+            self.R_x.to(device=x.device, dtype=x.dtype),
+            self.psf_weight.to(device=x.device, dtype=x.dtype),
+        )
+
+    def _weight_for(self, weight: torch.Tensor, n_channels: int) -> torch.Tensor:
+        if self.n_bands is None:
+            return weight.expand(n_channels, 1, *weight.shape[-2:])
+        if n_channels != self.n_bands:
+            raise ValueError(
+                f"image has {n_channels} band(s) but the PSF has {self.n_bands}; accepted: "
+                f"one PSF per band"
+            )
+        return weight
+
+    def _check_shape(self, x: torch.Tensor, size: int, name: str, grid: str) -> None:
+        if x.shape[-2:] != (size, size):
+            raise ValueError(
+                f"{name} has spatial shape {tuple(x.shape[-2:])}; accepted: ({size}, {size}) "
+                f"({grid})"
+            )
+
+    def _central(self, R: torch.Tensor) -> torch.Tensor:
+        return R[self.pad : self.pad + self.obs_size]
+
+    # -- operators -----------------------------------------------------------------
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        """f_{z,p} alone: model flux (B, C, image_size, image_size) [flux/model px] ->
+        observation-grid flux (B, C, obs_size, obs_size) [flux/obs px], no PSF."""
+        xb, single = _as_batched(x, "x")
+        self._check_shape(xb, self.image_size, "x", "model grid")
+        R_y, R_x, _ = self._buffers_for(xb)
+        out = self._central(R_y) @ xb @ self._central(R_x).T  # f(X) = R_y X R_x^T
+        return out[0] if single else out
+
+    def resample_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`resample`: (B, C, obs_size, obs_size) -> (B, C, image_size, image_size)."""
+        yb, single = _as_batched(y, "y")
+        self._check_shape(yb, self.obs_size, "y", "observation grid")
+        R_y, R_x, _ = self._buffers_for(yb)
+        out = self._central(R_y).T @ yb @ self._central(R_x)  # f^T(Y) = R_y^T Y R_x
+        return out[0] if single else out
+
+    def rebin_to_model(self, y: torch.Tensor) -> torch.Tensor:
+        """Area-weighted rebinning of an observation-grid image onto the model grid.
+
+        Each observation pixel's flux is shared among the model pixels it overlaps in
+        proportion to the overlap area, ``X = w^2 R_y^T Y R_x`` (w the model pixel width in
+        obs px). Flux is conserved for observation pixels inside the model field. Input
+        [flux/obs px] (B, C, obs_size, obs_size), output [flux/model px]. Not an inverse of
+        :meth:`resample` (it cannot restore resolution lost by downsampling).
+        """
+        return self.resample_adjoint(y) * self.model_pixel_width**2
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward operator: model flux (B, C, image_size, image_size) [flux/model px]
+        -> observation flux (B, C, obs_size, obs_size) [flux/obs px], noise-free."""
+        xb, single = _as_batched(x, "x")
+        self._check_shape(xb, self.image_size, "x", "model grid")
+        R_y, R_x, weight = self._buffers_for(xb)
+        weight = self._weight_for(weight, xb.shape[1])
+        padded = R_y @ xb @ R_x.T  # f_{z,p} onto the padded obs grid
+        out = F.conv2d(padded, weight, groups=xb.shape[1])  # 'valid' PSF convolution
+        return out[0] if single else out
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint A^T: (B, C, obs_size, obs_size) -> (B, C, image_size, image_size)."""
+        yb, single = _as_batched(y, "y")
+        self._check_shape(yb, self.obs_size, "y", "observation grid")
+        R_y, R_x, weight = self._buffers_for(yb)
+        weight = self._weight_for(weight, yb.shape[1])
+        padded = F.conv_transpose2d(yb, weight, groups=yb.shape[1])
+        out = R_y.T @ padded @ R_x
+        return out[0] if single else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"z={self.z:g}, m={self.m:.3f} obs px, upsampling_factor={self.upsampling_factor:.3f}, "
+            f"obs_size={self.obs_size}, image_size={self.image_size}, psf_size={2 * self.pad + 1}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------
+
+
+def _sigma_tensor(sigma: Any, n_channels: int, like: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu()
+    if s.ndim == 0:
+        s = s.expand(n_channels)
+    if s.ndim != 1 or s.shape[0] != n_channels:
+        raise ValueError(
+            f"sigma has shape {tuple(s.shape)} (value {s.tolist()}); accepted: a scalar or one "
+            f"value per band ({n_channels},) [flux/obs px]"
+        )
+    if not torch.all(torch.isfinite(s)) or torch.any(s < 0):
+        raise ValueError(f"invalid sigma={s.tolist()}; accepted: finite values >= 0 [flux/obs px]")
+    return s.to(dtype=like.dtype, device=like.device).view(-1, 1, 1)
+
+
+def add_noise(y: torch.Tensor, sigma: Any, generator: torch.Generator) -> torch.Tensor:
+    """``y + sigma_c n`` with ``n`` standard normal drawn from ``generator``.
+
+    ``y``: (B, C, N, N) or (C, N, N) [flux/obs px]; ``sigma``: scalar or (C,) [flux/obs px],
+    finite and >= 0.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.ndim not in (3, 4):
+        raise ValueError(f"y has shape {tuple(y.shape)}; accepted: (B, C, N, N) or (C, N, N)")
+    s = _sigma_tensor(sigma, y.shape[-3], y)
+    n = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=generator.device).to(y.device)
+    return y + s * n
+
+
+def mock_observation(flux: torch.Tensor, forward_model: ForwardModel, sigma: Any, generator: torch.Generator) -> torch.Tensor:
+    """A mock observation ``y = A(flux) + sigma_y n``.
+
+    Parameters
+    ----------
+    flux : tensor (B, C, image_size, image_size) or (C, ...)
+        Model image [flux/model px].
+    forward_model : ForwardModel
+    sigma : float or sequence (C,)
+        Per-band noise standard deviation [flux/obs px], finite and >= 0.
+    generator : torch.Generator
+        Seeded source of the noise.
+    """
+    y = forward_model.A(flux)
+    return add_noise(y, sigma, generator)
