@@ -1,0 +1,556 @@
+"""The synthetic galaxy universe: idealized g, r, i images drawn with GalSim.
+
+This is the embedded stand-in for the TNG100 idealized images of the paper (which cannot
+be downloaded here). Every figure built from it must say so (``plotting.mark_synthetic``).
+
+Each galaxy is a sum of up to four components, drawn on the profile's physical grid
+(``profile.image_size`` px at ``profile.pixel_scale_kpc`` kpc/px), without noise and
+without PSF (the pixel response is included: pixel-integrated flux):
+
+* a **bulge**: a Sersic profile, an oblate spheroid of intrinsic axis ratio ``bulge_q0``
+  seen at the disk's inclination (apparent ``q^2 = cos^2 i + q0^2 sin^2 i``);
+* a **disk**: ``galsim.InclinedExponential`` (thickness ``h/r_s``), optionally modulated by
+  **spiral arms**, a logarithmic spiral multiplied into the disk image in the disk plane,
+  ``M = 1 + A T(r) [w(psi)/<w> - 1]``, ``w = ((1 + cos psi)/2)^s``,
+  ``psi = m (phi - ln(r / r_in) / tan(pitch)) - phi_0`` and taper ``T = 1 - exp(-(r/r_in)^2)``,
+  with the amplitude faded as ``A cos i`` (arms wash out edge-on), after which the disk
+  image is rescaled to its unmodulated flux;
+* **star-forming knots**: ``galsim.RandomKnots`` points following the disk's exponential
+  profile, inclined and rotated with the disk, each convolved with a Gaussian of
+  ``KNOT_SIGMA_PX`` = 0.25 px (well below a pixel; a point source cannot be drawn by FFT).
+  The pixel-integrated Gaussians are evaluated in closed form (separable ``erf``s),
+  which is what GalSim's FFT drawing of ``Convolve(knots, Gaussian)`` computes, about 30x
+  faster (``tests/test_galaxies.py`` checks the two agree);
+* a **bar**: an elongated Sersic (``n`` 0.5 or 1) in the disk plane, inclined with the disk.
+
+Speed: each component is drawn once as a single-band (i) image and the three bands are
+linear combinations with per-component colours; the bulge Sersic index is taken from a
+grid of 6 values so that GalSim's Sersic tables are reused; the GalSim accuracy
+parameters are relaxed (``GSPARAMS``: peak-relative pixel errors about 2e-3 for n = 4);
+chunks of ``CHUNK_SIZE`` galaxies are drawn in parallel, chunk ``k`` seeded from
+``(seed, split, k)``, so the result does not depend on the number of workers.
+
+Distributions (``sample_params``; sizes are half-light radii, colours are observed-frame
+HSC colours typical of galaxies at z ~ 0.1-0.2; U = uniform, LN = lognormal by median
+and sigma of ln):
+
+================  ===========================================================  ========
+quantity          distribution                                                 unit
+================  ===========================================================  ========
+i_mag             U(17.5, 21.0) total i-band magnitude, HSC: 27 - 2.5 log10 f   AB mag
+disk_re_kpc       LN(median 3.0, sigma_ln 0.35), clipped to [1, 6]               kpc
+disk_h_over_r     U(0.08, 0.15) disk scale height / scale radius                 --
+bulge_frac        Beta(1, 2.5): bulge-to-total (i band), mean 0.29               --
+bulge_re_kpc      LN(median 1.0, sigma_ln 0.4), clipped to [0.3, min(3, 0.8 r_d)] kpc
+bulge_n           uniform on {1.5, 2, 2.5, 3, 3.5, 4}                            --
+bulge_q0          U(0.6, 0.9) intrinsic axis ratio                               --
+cos_i             U(0, 1) (random orientation); inclination_deg = arccos         --
+pa_deg            U(0, 180) position angle of the major axis from +x            deg
+knot_frac         U(0.03, 0.2) x (1 - bulge_frac): knots' share of the total     --
+n_knots           integers U[10, 60]                                             --
+has_bar           p = 0.3 if bulge_frac < 0.6, else 0                            --
+bar_frac          U(0.05, 0.15) of the total (i band), taken from the disk       --
+bar_re_kpc        U(0.4, 0.8) x disk_re_kpc; bar_q U(0.2, 0.35); bar_n {0.5, 1}  kpc
+has_arms          p = 0.6 if bulge_frac < 0.5, 0.2 if < 0.7, else 0              --
+n_arms, pitch     2 (70%), 3 (20%), 4 (10%); pitch U(10, 30)                     deg
+arm_amp, arm_s    U(0.3, 0.9) amplitude A; U(1, 4) sharpness s                   --
+bulge g-r, r-i    N(0.85, 0.06) clipped [0.65, 1.05]; N(0.40, 0.04)              mag
+disk g-r, r-i     bulge - U(0.20, 0.45); bulge - U(0.08, 0.20)                   mag
+knot g-r, r-i     disk - U(0.20, 0.40); disk - U(0.05, 0.15)                     mag
+bar g-r, r-i      bulge - 0.05; bulge - 0.02                                     mag
+================  ===========================================================  ========
+
+The resulting total colours (catalog ``g_r``, ``r_i``, flux-weighted) have medians of about
+0.57 and 0.29 mag; ``MEDIAN_G_R_RANGE`` and ``MEDIAN_R_I_RANGE`` are the documented ranges
+that the tests check. Fluxes are linear flux per model pixel in HSC coadd units
+(``mag = 27 - 2.5 log10(flux)``); an image's sum is the requested flux minus what falls
+outside the field (small for the clipped sizes: below 1% for a 3 kpc disk in the 38.4 kpc
+field of the smoke and quick profiles).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import galsim
+import numpy as np
+from scipy.special import erf, gammaln
+
+from . import cache, paths
+from .config import BANDS, Profile, get_profile
+
+GENERATOR_VERSION = "galaxies-1"
+"""Changes whenever the drawn images would change for the same seed (cache key)."""
+
+ZERO_POINT = 27.0
+"""HSC coadd magnitude zero point: ``mag = 27 - 2.5 log10(flux)``."""
+
+CHUNK_SIZE = 100
+"""Galaxies per parallel chunk; chunk ``k`` is seeded from ``(seed, split, k)``."""
+
+KNOT_SIGMA_PX = 0.25
+"""Gaussian sigma of a star-forming knot [model px] (well below a pixel)."""
+
+BULGE_N_GRID = np.array([1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
+"""Allowed bulge Sersic indices (a grid, so that GalSim's Sersic tables are reused)."""
+
+DISK_RE_MEDIAN_KPC = 3.0
+BULGE_RE_MEDIAN_KPC = 1.0
+MEDIAN_G_R_RANGE = (0.5, 0.8)
+"""Documented range [mag] of the median total g - r of a catalog."""
+MEDIAN_R_I_RANGE = (0.2, 0.4)
+"""Documented range [mag] of the median total r - i of a catalog."""
+
+SPLITS = {"train": 0, "test": 1}
+"""Dataset splits and the id that separates their seed streams."""
+
+GSPARAMS = galsim.GSParams(folding_threshold=2e-2, maxk_threshold=1e-2)
+"""Relaxed GalSim accuracy (defaults 5e-3, 1e-3): peak-relative errors about 2e-3."""
+
+CATALOG_DTYPE = np.dtype(
+    [
+        ("i_mag", "f8"), ("g_r", "f8"), ("r_i", "f8"),
+        ("flux_g", "f8"), ("flux_r", "f8"), ("flux_i", "f8"),
+        ("disk_re_kpc", "f8"), ("disk_h_over_r", "f8"),
+        ("bulge_frac", "f8"), ("bulge_re_kpc", "f8"), ("bulge_n", "f8"), ("bulge_q0", "f8"),
+        ("cos_i", "f8"), ("inclination_deg", "f8"), ("pa_deg", "f8"),
+        ("knot_frac", "f8"), ("n_knots", "i8"), ("knot_seed", "i8"),
+        ("has_bar", "?"), ("bar_frac", "f8"), ("bar_re_kpc", "f8"), ("bar_q", "f8"),
+        ("bar_n", "f8"), ("bar_angle_deg", "f8"),
+        ("has_arms", "?"), ("n_arms", "i8"), ("arm_pitch_deg", "f8"), ("arm_amp", "f8"),
+        ("arm_sharpness", "f8"), ("arm_phase_deg", "f8"),
+        ("bulge_g_r", "f8"), ("bulge_r_i", "f8"), ("disk_g_r", "f8"), ("disk_r_i", "f8"),
+        ("knot_g_r", "f8"), ("knot_r_i", "f8"), ("bar_g_r", "f8"), ("bar_r_i", "f8"),
+    ]
+)
+"""Fields of a catalog (one row per galaxy); units as in the module docstring."""
+
+
+def mag_to_flux(mag):
+    """Linear flux [HSC coadd units] of an AB magnitude: ``10**(-0.4 (mag - 27))``."""
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - ZERO_POINT))
+
+
+def flux_to_mag(flux):
+    """AB magnitude of a linear flux [HSC coadd units]: ``27 - 2.5 log10(flux)``."""
+    return ZERO_POINT - 2.5 * np.log10(np.asarray(flux, dtype=np.float64))
+
+
+def _band_weights(g_r, r_i) -> np.ndarray:
+    """Flux in (g, r, i) per unit i-band flux for colours g - r, r - i [mag]."""
+    f_r = 10.0 ** (-0.4 * np.asarray(r_i, dtype=np.float64))
+    f_g = f_r * 10.0 ** (-0.4 * np.asarray(g_r, dtype=np.float64))
+    return np.stack([f_g, f_r, np.ones_like(f_r)], axis=-1)
+
+
+def _component_fluxes(p) -> dict[str, float]:
+    """i-band flux [HSC units] of each component of one catalog row."""
+    f_i = float(mag_to_flux(p["i_mag"]))
+    bulge = float(p["bulge_frac"]) * f_i
+    bar = float(p["bar_frac"]) * f_i if p["has_bar"] else 0.0
+    knots = float(p["knot_frac"]) * f_i
+    disk = f_i - bulge - bar - knots
+    return {"bulge": bulge, "disk": disk, "knots": knots, "bar": bar}
+
+
+def sample_params(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Draw ``n`` galaxies' parameters from the documented distributions.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Seeded generator (all randomness, including the knots' GalSim seed, comes from it).
+    n : int
+        Number of galaxies (>= 0).
+
+    Returns
+    -------
+    numpy structured array of dtype :data:`CATALOG_DTYPE`, shape ``(n,)``. Sizes in kpc,
+    angles in degrees, magnitudes/colours in AB mag, fluxes in HSC coadd units.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    n = int(n)
+    c = np.zeros(n, dtype=CATALOG_DTYPE)
+    c["i_mag"] = rng.uniform(17.5, 21.0, n)
+    c["disk_re_kpc"] = np.clip(DISK_RE_MEDIAN_KPC * np.exp(0.35 * rng.standard_normal(n)), 1.0, 6.0)
+    c["disk_h_over_r"] = rng.uniform(0.08, 0.15, n)
+    bt = rng.beta(1.0, 2.5, n)
+    c["bulge_frac"] = bt
+    bre = BULGE_RE_MEDIAN_KPC * np.exp(0.4 * rng.standard_normal(n))
+    c["bulge_re_kpc"] = np.clip(bre, 0.3, np.minimum(3.0, 0.8 * c["disk_re_kpc"]))
+    c["bulge_n"] = BULGE_N_GRID[rng.integers(0, len(BULGE_N_GRID), n)]
+    c["bulge_q0"] = rng.uniform(0.6, 0.9, n)
+    c["cos_i"] = rng.uniform(0.0, 1.0, n)
+    c["inclination_deg"] = np.degrees(np.arccos(c["cos_i"]))
+    c["pa_deg"] = rng.uniform(0.0, 180.0, n)
+    c["knot_frac"] = rng.uniform(0.03, 0.2, n) * (1.0 - bt)
+    c["n_knots"] = rng.integers(10, 61, n)
+    c["knot_seed"] = rng.integers(1, 2**31 - 1, n)
+    # Bar: only where a disk dominates enough.
+    c["has_bar"] = (rng.uniform(size=n) < 0.3) & (bt < 0.6)
+    bar_frac = rng.uniform(0.05, 0.15, n)
+    c["bar_frac"] = np.where(c["has_bar"], bar_frac, 0.0)
+    c["bar_re_kpc"] = rng.uniform(0.4, 0.8, n) * c["disk_re_kpc"]
+    c["bar_q"] = rng.uniform(0.2, 0.35, n)
+    c["bar_n"] = np.where(rng.uniform(size=n) < 0.5, 0.5, 1.0)
+    c["bar_angle_deg"] = rng.uniform(0.0, 180.0, n)
+    # Spiral arms: likelier in disk-dominated galaxies.
+    p_arms = np.where(bt < 0.5, 0.6, np.where(bt < 0.7, 0.2, 0.0))
+    c["has_arms"] = rng.uniform(size=n) < p_arms
+    c["n_arms"] = rng.choice([2, 3, 4], size=n, p=[0.7, 0.2, 0.1])
+    c["arm_pitch_deg"] = rng.uniform(10.0, 30.0, n)
+    c["arm_amp"] = rng.uniform(0.3, 0.9, n)
+    c["arm_sharpness"] = rng.uniform(1.0, 4.0, n)
+    c["arm_phase_deg"] = rng.uniform(0.0, 360.0, n)
+    # Colours: bulge red, disk bluer, knots bluest, bar between bulge and disk.
+    c["bulge_g_r"] = np.clip(rng.normal(0.85, 0.06, n), 0.65, 1.05)
+    c["bulge_r_i"] = rng.normal(0.40, 0.04, n)
+    c["disk_g_r"] = c["bulge_g_r"] - rng.uniform(0.20, 0.45, n)
+    c["disk_r_i"] = c["bulge_r_i"] - rng.uniform(0.08, 0.20, n)
+    c["knot_g_r"] = c["disk_g_r"] - rng.uniform(0.20, 0.40, n)
+    c["knot_r_i"] = c["disk_r_i"] - rng.uniform(0.05, 0.15, n)
+    c["bar_g_r"] = c["bulge_g_r"] - 0.05
+    c["bar_r_i"] = c["bulge_r_i"] - 0.02
+    _fill_totals(c)
+    return c
+
+
+def _fill_totals(c: np.ndarray) -> None:
+    """Set total fluxes ``flux_g/r/i`` and colours ``g_r``, ``r_i`` from the components."""
+    f_i = mag_to_flux(c["i_mag"])
+    bulge = c["bulge_frac"] * f_i
+    bar = np.where(c["has_bar"], c["bar_frac"], 0.0) * f_i
+    knots = c["knot_frac"] * f_i
+    disk = f_i - bulge - bar - knots
+    if np.any(disk < 0):
+        bad = np.flatnonzero(disk < 0)
+        raise ValueError(f"bulge_frac + bar_frac + knot_frac exceeds 1 for rows {bad.tolist()}")
+    tot = (
+        bulge[:, None] * _band_weights(c["bulge_g_r"], c["bulge_r_i"])
+        + disk[:, None] * _band_weights(c["disk_g_r"], c["disk_r_i"])
+        + knots[:, None] * _band_weights(c["knot_g_r"], c["knot_r_i"])
+        + bar[:, None] * _band_weights(c["bar_g_r"], c["bar_r_i"])
+    )
+    c["flux_g"], c["flux_r"], c["flux_i"] = tot[:, 0], tot[:, 1], tot[:, 2]
+    c["g_r"] = -2.5 * np.log10(tot[:, 0] / tot[:, 1])
+    c["r_i"] = -2.5 * np.log10(tot[:, 1] / tot[:, 2])
+
+
+def _pixel_coords(profile: Profile) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (x, y) [kpc] of the pixel centres from the image centre, shape (H, W)."""
+    n, s = profile.image_size, profile.pixel_scale_kpc
+    a = (np.arange(n) - (n - 1) / 2.0) * s
+    return np.meshgrid(a, a)  # x along columns, y along rows (GalSim convention)
+
+
+def _arm_modulation(p, profile: Profile) -> np.ndarray:
+    """Logarithmic-spiral modulation M(x, y) >= 0 of the disk image (see module docstring)."""
+    x, y = _pixel_coords(profile)
+    pa = math.radians(p["pa_deg"])
+    # Deproject into the disk plane: rotate by -PA, stretch the minor axis by 1/cos i.
+    u = x * math.cos(pa) + y * math.sin(pa)
+    v = (-x * math.sin(pa) + y * math.cos(pa)) / max(float(p["cos_i"]), 0.05)
+    r = np.hypot(u, v)
+    phi = np.arctan2(v, u)
+    r_in = p["bar_re_kpc"] if p["has_bar"] else 0.5 * p["disk_re_kpc"]
+    s = float(p["arm_sharpness"])
+    # psi: phase of the log spiral r = r_in exp((phi - phi_0/m) tan(pitch)).
+    psi = p["n_arms"] * (phi - np.log(np.maximum(r, 1e-3) / r_in) / math.tan(math.radians(p["arm_pitch_deg"])))
+    psi -= math.radians(p["arm_phase_deg"])
+    w = ((1.0 + np.cos(psi)) / 2.0) ** s
+    mean_w = math.exp(gammaln(s + 0.5) - gammaln(s + 1.0)) / math.sqrt(math.pi)  # <w> over psi
+    taper = 1.0 - np.exp(-((r / r_in) ** 2))
+    # Seen edge-on the arms are averaged along the line of sight: amplitude A cos i.
+    amp = float(p["arm_amp"]) * float(p["cos_i"])
+    return 1.0 + amp * taper * (w / mean_w - 1.0)
+
+
+def knot_positions(p) -> np.ndarray:
+    """Positions (x, y) [kpc] of the knots of one catalog row, on the sky, shape (n_knots, 2).
+
+    ``galsim.RandomKnots`` samples the points from the face-on exponential disk (seeded by
+    ``knot_seed``); they are then inclined (y scaled by cos i) and rotated by the PA.
+    """
+    prof = galsim.Exponential(half_light_radius=float(p["disk_re_kpc"]), gsparams=GSPARAMS)
+    knots = galsim.RandomKnots(int(p["n_knots"]), profile=prof, rng=galsim.BaseDeviate(int(p["knot_seed"])))
+    pts = np.array(knots.points, dtype=np.float64)
+    pa = math.radians(p["pa_deg"])
+    xi, eta = pts[:, 0], pts[:, 1] * float(p["cos_i"])
+    return np.stack([xi * math.cos(pa) - eta * math.sin(pa), xi * math.sin(pa) + eta * math.cos(pa)], axis=1)
+
+
+def _draw_points(xy_kpc: np.ndarray, fluxes: np.ndarray, profile: Profile, sigma_px: float) -> np.ndarray:
+    """Pixel-integrated Gaussians of sigma ``sigma_px`` [px] at ``xy_kpc`` [kpc], (H, W)."""
+    n = profile.image_size
+    centre = (n - 1) / 2.0
+    cx = centre + xy_kpc[:, 0] / profile.pixel_scale_kpc  # column coordinate [px]
+    cy = centre + xy_kpc[:, 1] / profile.pixel_scale_kpc  # row coordinate [px]
+    edges = np.arange(n + 1) - 0.5
+    k = 1.0 / (math.sqrt(2.0) * sigma_px)
+    px = np.diff(0.5 * erf((edges[None, :] - cx[:, None]) * k), axis=1)  # (K, W)
+    py = np.diff(0.5 * erf((edges[None, :] - cy[:, None]) * k), axis=1)  # (K, H)
+    return np.einsum("kh,k,kw->hw", py, fluxes, px)
+
+
+def draw_components(params, profile: str | Profile) -> dict[str, np.ndarray]:
+    """Single-band (i) images of each component of one galaxy [flux per model px].
+
+    Returns a dict ``{"bulge", "disk", "knots", "bar"} -> (H, W)`` float64 arrays, each
+    holding that component's i-band flux (zeros when the component is absent).
+    """
+    profile = get_profile(profile)
+    p = params
+    n, scale = profile.image_size, profile.pixel_scale_kpc
+    fl = _component_fluxes(p)
+    pa = float(p["pa_deg"]) * galsim.degrees
+    cos_i = float(p["cos_i"])
+    out = {k: np.zeros((n, n)) for k in ("bulge", "disk", "knots", "bar")}
+
+    def draw(obj) -> np.ndarray:
+        return obj.drawImage(nx=n, ny=n, scale=scale, method="auto").array.astype(np.float64)
+
+    if fl["bulge"] > 0:
+        q_b = math.sqrt(cos_i**2 + float(p["bulge_q0"]) ** 2 * (1.0 - cos_i**2))
+        bulge = galsim.Sersic(float(p["bulge_n"]), half_light_radius=float(p["bulge_re_kpc"]),
+                              flux=fl["bulge"], gsparams=GSPARAMS).shear(q=q_b, beta=pa)
+        out["bulge"] = draw(bulge)
+    if fl["disk"] > 0:
+        disk = galsim.InclinedExponential(
+            math.acos(min(cos_i, 1.0)) * galsim.radians, half_light_radius=float(p["disk_re_kpc"]),
+            scale_h_over_r=float(p["disk_h_over_r"]), flux=fl["disk"], gsparams=GSPARAMS,
+        ).rotate(pa)
+        img = draw(disk)
+        if p["has_arms"]:
+            total = img.sum()
+            img = img * _arm_modulation(p, profile)
+            img *= total / img.sum()  # the arms redistribute, not add, disk light
+        out["disk"] = img
+    if fl["knots"] > 0 and p["n_knots"] > 0:
+        xy = knot_positions(p)
+        out["knots"] = _draw_points(xy, np.full(len(xy), fl["knots"] / len(xy)), profile, KNOT_SIGMA_PX)
+    if fl["bar"] > 0:
+        # The bar is a thin (vertical/length 0.1) structure in the disk plane, seen inclined.
+        q_bar_incl = math.sqrt(cos_i**2 + 0.1**2 * (1.0 - cos_i**2))
+        bar = (galsim.Sersic(float(p["bar_n"]), half_light_radius=float(p["bar_re_kpc"]), flux=fl["bar"],
+                             gsparams=GSPARAMS)
+               .shear(q=float(p["bar_q"]), beta=float(p["bar_angle_deg"]) * galsim.degrees)
+               .transform(1.0, 0.0, 0.0, q_bar_incl).rotate(pa)
+               .withFlux(fl["bar"]))  # transform() scales the flux by det J: restore it
+        out["bar"] = draw(bar)
+    return out
+
+
+def draw_galaxy(params, profile: str | Profile) -> np.ndarray:
+    """The idealized image of one galaxy: float32 ``(3, H, W)`` in bands g, r, i.
+
+    Parameters
+    ----------
+    params : one row of a catalog (:func:`sample_params`) or a dict with its fields.
+    profile : :class:`~diffdecon.config.Profile` or its name (grid: ``image_size`` px at
+        ``pixel_scale_kpc`` kpc/px).
+
+    Returns
+    -------
+    numpy.ndarray, float32 ``(3, H, W)``: linear flux per model pixel [HSC coadd units],
+    no noise, no PSF. Its i-band sum is ``10**(-0.4 (i_mag - 27))`` minus the flux outside
+    the field.
+    """
+    profile = get_profile(profile)
+    comps = draw_components(params, profile)
+    image = np.zeros((len(BANDS),) + comps["disk"].shape)
+    for name in comps:
+        w = _band_weights(params[f"{'knot' if name == 'knots' else name}_g_r"],
+                          params[f"{'knot' if name == 'knots' else name}_r_i"])
+        image += w[:, None, None] * comps[name][None]
+    return np.maximum(image, 0.0).astype(np.float32)  # FFT ringing can leave ~1e-9 negatives
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets
+
+
+@dataclass
+class GalaxyDataset:
+    """A built synthetic dataset.
+
+    Attributes
+    ----------
+    images : numpy.ndarray
+        float32 ``(N, 3, H, W)``, bands g, r, i, linear flux per model pixel [HSC coadd
+        units] (a read-only memory map of the cached ``.npy``).
+    catalog : numpy structured array ``(N,)`` of :data:`CATALOG_DTYPE` (regenerated from
+        the seed streams, which is cheap and exact).
+    manifest : dict (the cache manifest: ``inputs`` and ``inputs_hash``).
+    manifest_hash : str
+    path : pathlib.Path of the cached images.
+    """
+
+    images: np.ndarray
+    catalog: np.ndarray
+    manifest: dict[str, Any]
+    manifest_hash: str
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _chunk_rng(seed: int, split: str, chunk: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS[split], int(chunk)]))
+
+
+def _chunk_catalog(seed: int, split: str, chunk: int, n: int) -> np.ndarray:
+    return sample_params(_chunk_rng(seed, split, chunk), n)
+
+
+def catalog_for(n: int, seed: int, split: str = "train") -> np.ndarray:
+    """The catalog of the first ``n`` galaxies of a split (as :func:`build_dataset` draws it)."""
+    _check_split(split)
+    sizes = _chunk_sizes(n)
+    parts = [_chunk_catalog(seed, split, k, m) for k, m in enumerate(sizes)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=CATALOG_DTYPE)
+
+
+def _chunk_sizes(n: int) -> list[int]:
+    return [min(CHUNK_SIZE, n - s) for s in range(0, n, CHUNK_SIZE)]
+
+
+def _draw_chunk(task: tuple) -> np.ndarray:
+    """Worker: images of chunk ``k`` (float32 ``(m, 3, H, W)``)."""
+    profile, seed, split, k, m = task
+    cat = _chunk_catalog(seed, split, k, m)
+    out = np.empty((m, len(BANDS), profile.image_size, profile.image_size), dtype=np.float32)
+    for j in range(m):
+        out[j] = draw_galaxy(cat[j], profile)
+    return out
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; accepted values: {', '.join(SPLITS)}")
+
+
+def dataset_path(profile: str | Profile, inputs: dict[str, Any], split: str) -> Path:
+    """Cache path ``<cache>/galaxies/<profile>-<split>-<hash>.npy`` of a dataset."""
+    profile = get_profile(profile)
+    return paths.cache_dir() / "galaxies" / f"{profile.name}-{split}-{cache.hash_inputs(inputs)}.npy"
+
+
+def dataset_inputs(profile: str | Profile, n: int, seed: int, split: str) -> dict[str, Any]:
+    """The manifest inputs of a dataset (everything its pixels depend on)."""
+    profile = get_profile(profile)
+    return {
+        "profile": profile.name,
+        "image_size": profile.image_size,
+        "pixel_scale_kpc": profile.pixel_scale_kpc,
+        "bands": list(profile.bands),
+        "n": int(n),
+        "seed": int(seed),
+        "split": split,
+        "generator": GENERATOR_VERSION,
+        "chunk_size": CHUNK_SIZE,
+        "galsim": galsim.__version__,
+    }
+
+
+def build_dataset(
+    profile: str | Profile,
+    n: int | None = None,
+    seed: int | None = None,
+    split: str = "train",
+    force: bool = False,
+    workers: int | None = None,
+) -> GalaxyDataset:
+    """Build (or load from the cache) a synthetic dataset of idealized galaxies.
+
+    Parameters
+    ----------
+    profile : :class:`~diffdecon.config.Profile` or its name.
+    n : int, optional
+        Number of galaxies; default ``profile.dataset_size`` for ``train`` and
+        ``max(64, 4 * profile.n_mock)`` for ``test``.
+    seed : int, optional
+        Master seed (default ``profile.seed``). The splits use separate seed streams.
+    split : ``"train"`` or ``"test"``.
+    force : bool
+        Rebuild even if a matching cache exists.
+    workers : int, optional
+        Worker processes (default: all CPU cores, at most one per chunk). The images do
+        not depend on it.
+
+    Returns
+    -------
+    :class:`GalaxyDataset`, cached as ``paths.cache_dir()/galaxies/<profile>-<split>-<hash>.npy``
+    with a manifest beside it. Prints ``cache hit`` or ``recomputed``.
+
+    Raises
+    ------
+    ValueError for an unknown profile or split or a non-positive ``n`` / ``workers``.
+    cache.CacheMismatchError if the cached file's manifest records other inputs.
+    """
+    profile = get_profile(profile)
+    _check_split(split)
+    if n is None:
+        n = profile.dataset_size if split == "train" else max(64, 4 * profile.n_mock)
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = int(n)
+    seed = profile.seed if seed is None else int(seed)
+    sizes = _chunk_sizes(n)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = min(int(workers), len(sizes))
+    inputs = dataset_inputs(profile, n, seed, split)
+    path = dataset_path(profile, inputs, split)
+
+    def build(tmp: Path) -> None:
+        from tqdm.auto import tqdm
+
+        shape = (n, len(BANDS), profile.image_size, profile.image_size)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        tasks = [(profile, seed, split, k, m) for k, m in enumerate(sizes)]
+        bar = tqdm(total=n, desc=f"galaxies {profile.name}/{split}", unit="img")
+        pool = None
+        try:
+            if workers == 1:
+                results = map(_draw_chunk, tasks)
+            else:
+                method = "fork" if sys.platform.startswith("linux") else "spawn"
+                pool = mp.get_context(method).Pool(workers)
+                results = pool.imap(_draw_chunk, tasks)
+            start = 0
+            for chunk in results:
+                out[start:start + len(chunk)] = chunk
+                start += len(chunk)
+                bar.update(len(chunk))
+            out.flush()
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            del out
+
+    cache.cached(path, inputs, build, force=force, what=f"galaxies {profile.name}/{split} (n={n})")
+    manifest = cache.read_manifest(path)
+    images = np.load(path, mmap_mode="r")
+    if images.shape != (n, len(BANDS), profile.image_size, profile.image_size) or images.dtype != np.float32:
+        raise cache.CacheMismatchError(f"{path} holds {images.dtype} {images.shape}, not the dataset asked for")
+    return GalaxyDataset(
+        images=images,
+        catalog=catalog_for(n, seed, split),
+        manifest=manifest,
+        manifest_hash=manifest["inputs_hash"],
+        path=path,
+    )
