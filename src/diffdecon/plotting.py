@@ -87,3 +87,34 @@ def forward_operator_figure(truth, resampled, observation, *, z: float, m: float
     mark_synthetic(fig, f"SYNTHETIC galaxy (GalSim); PSF and noise: {source}")
     fig.tight_layout()
     return fig
+
+
+def galaxy_grid(images, ncols: int = 8, titles=None):
+    """A grid of Lupton RGB composites of synthetic ``(N, 3, H, W)`` g, r, i flux images.
+
+    Each panel is stretched by its own :func:`auto_stretch` [flux units]; ``titles`` is an
+    optional list of ``N`` strings. The figure is stamped with :func:`mark_synthetic`.
+    Returns the figure (save it with :func:`save_figure`, which closes it).
+    """
+    ims = to_numpy(images)
+    if ims.ndim != 4 or ims.shape[1] != 3:
+        raise ValueError(f"images must be shaped (N, 3, H, W) in bands g, r, i, got {ims.shape}")
+    if int(ncols) != ncols or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    if titles is not None and len(titles) != len(ims):
+        raise ValueError(f"titles must have one entry per image ({len(ims)}), got {len(titles)}")
+    n = len(ims)
+    ncols = int(min(ncols, max(n, 1)))
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows + 0.2), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < n:
+            with np.errstate(invalid="ignore", divide="ignore"):  # astropy divides 0/0 on empty pixels
+                panel = rgb(ims[k], stretch=auto_stretch(ims[k]))
+            ax.imshow(panel, origin="lower", interpolation="nearest")
+            if titles is not None:
+                ax.set_title(str(titles[k]), fontsize=7)
+    fig.subplots_adjust(wspace=0.03, hspace=0.15 if titles is not None else 0.03)
+    mark_synthetic(fig)
+    return fig
