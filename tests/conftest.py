@@ -29,3 +29,14 @@ def generator() -> torch.Generator:
 def device() -> torch.device:
     """Tests run on the CPU: CI has no GPU."""
     return torch.device("cpu")
+
+
+@pytest.fixture
+def hsc_root():
+    """The real HSC data folder (``paths.hsc_dir()``); skips when it is absent."""
+    from diffdecon import paths
+
+    root = paths.hsc_dir()
+    if not root.is_dir():
+        pytest.skip(f"real HSC data not found at {root}: set DIFFDECON_DATA to the folder holding hsc_pdr3_cosmos/")
+    return root
