@@ -238,6 +238,8 @@ def test_float32_matches_float64():
     assert out32.dtype == torch.float32
     # float32 rounding of sums of ~100 terms: relative 1e-5 of the output scale.
     torch.testing.assert_close(out32.double(), fm64.A(x), rtol=1e-5, atol=1e-5 * fm64.A(x).abs().max().item())
+    # A float64 input to a float32 module uses float64 operators (exact to rounding).
+    torch.testing.assert_close(fm32.A(x), fm64.A(x), rtol=1e-12, atol=0)
 
 
 def test_gradcheck():

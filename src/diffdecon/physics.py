@@ -154,8 +154,11 @@ def observed_size(
     ``m = image_size * pixel_scale_kpc * arcsec_per_kpc(z) / pixel_scale_arcsec``:
     the angular size of the model field (``image_size`` px of ``pixel_scale_kpc`` proper
     kpc) at redshift ``z``, in observation pixels of ``pixel_scale_arcsec`` arcsec.
-    The paper's configuration (256 px, 0.4 kpc/px, p = 0.168 arcsec/px) gives m < 80 at
-    z > 0.7, i.e. an upsampling factor ``image_size / m`` > 3.
+    The paper's configuration (256 px, 0.4 kpc/px, p = 0.168 arcsec/px, Planck15) gives
+    m = 82.9 at z = 0.7, m = 80 at z = 0.769 (z = 0.744 with p = 0.17) and m = 77.5 at
+    z = 0.8463: an upsampling factor ``image_size / m`` above 3 where the paper reports
+    hallucinations ("m < 80 at z > 0.7" in the paper is a rounded statement). Beyond
+    z ~ 1.6 the angular size of a fixed proper length grows again, so m is not monotonic.
 
     Raises
     ------
@@ -381,11 +384,14 @@ class ForwardModel(torch.nn.Module):
         # Step 1, f_{z,p}: separable rebinning matrices onto the padded obs grid.
         R_y = rebin_matrix(self.image_size, n_pad, self.model_pixel_width, dy)
         R_x = rebin_matrix(self.image_size, n_pad, self.model_pixel_width, dx)
-        self.register_buffer("R_y", torch.as_tensor(R_y, dtype=dtype))
-        self.register_buffer("R_x", torch.as_tensor(R_x, dtype=dtype))
         # Step 2: per-band PSF as a grouped-conv weight (C, 1, k, k), flipped so that
         # conv2d (a correlation) performs a true convolution.
         w = psf_np.reshape(-1, 1, k, k)[..., ::-1, ::-1].copy()
+        # float64 masters: an input of another dtype gets buffers cast from these, so a
+        # float64 input is exact even when the module's buffers are float32.
+        self._masters = (R_y, R_x, w)
+        self.register_buffer("R_y", torch.as_tensor(R_y, dtype=dtype))
+        self.register_buffer("R_x", torch.as_tensor(R_x, dtype=dtype))
         self.register_buffer("psf_weight", torch.as_tensor(w, dtype=dtype))
 
     # -- helpers -------------------------------------------------------------------
@@ -393,6 +399,8 @@ class ForwardModel(torch.nn.Module):
     def _buffers_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not x.dtype.is_floating_point:
             raise ValueError(f"input dtype {x.dtype} is not floating point; accepted: float32/float64")
+        if x.dtype != self.R_y.dtype:
+            return tuple(torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in self._masters)
         return (
             self.R_y.to(device=x.device, dtype=x.dtype),
             self.R_x.to(device=x.device, dtype=x.dtype),
