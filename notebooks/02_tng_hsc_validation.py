@@ -66,7 +66,7 @@ fig = plotting.forward_operator_figure(
     pixel_scale_kpc=P.pixel_scale_kpc, pixel_scale_arcsec=config.HSC_PIXEL_SCALE, source=reference.source,
 )
 plotting.save_figure(fig, "fig1_forward_operator")
-manuscript.write_variables("forward_model", {
+_ = manuscript.write_variables("forward_model", {
     "FMProfile": P.name,
     "FMHighZ": z_high,
     "FMPixelScale": config.HSC_PIXEL_SCALE,
@@ -86,4 +86,4 @@ manuscript.write_variables("forward_model", {
 
 # %%
 fig = plotting.galaxy_grid(test_set.images[:24], ncols=8)
-plotting.save_figure(fig, "synthetic_galaxy_grid")
+_ = plotting.save_figure(fig, "synthetic_galaxy_grid")

@@ -135,7 +135,7 @@ def make_mock(
     """Observe the idealized image ``flux`` (C, H, W) [flux per model pixel] at redshift
     ``z`` through the HSC-like forward model of ``reference`` (Eq. 1: y = A(x) + sigma n)."""
     P = get_profile(profile)
-    truth = torch.as_tensor(np.asarray(flux), dtype=dtype)
+    truth = torch.tensor(np.array(flux, dtype=np.float64), dtype=dtype)
     if truth.shape != (len(BANDS), P.image_size, P.image_size):
         raise ValueError(
             f"idealized image has shape {tuple(truth.shape)}; accepted: "

@@ -31,7 +31,8 @@ def rgb(image, stretch: float = 0.5, q: float = 8.0, minimum: float = 0.0) -> np
     from astropy.visualization import make_lupton_rgb
 
     g, r, i = to_numpy(image)
-    return make_lupton_rgb(i, r, g, minimum=minimum, stretch=stretch, Q=q).astype(np.float64) / 255.0
+    with np.errstate(invalid="ignore", divide="ignore"):  # zero-intensity pixels are mapped to black
+        return make_lupton_rgb(i, r, g, minimum=minimum, stretch=stretch, Q=q).astype(np.float64) / 255.0
 
 
 def auto_stretch(image, percentile: float = 99.5) -> float:
