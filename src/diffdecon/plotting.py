@@ -44,7 +44,7 @@ def auto_stretch(image, percentile: float = 99.5) -> float:
 
 def mark_synthetic(fig, text: str = "SYNTHETIC galaxies (GalSim), not TNG") -> None:
     """Stamp a figure as made from a fallback (synthetic or mock) input, on the figure itself."""
-    fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=7, color="crimson",
+    fig.text(0.995, -0.01, text, ha="right", va="top", fontsize=7, color="crimson",
              bbox=dict(facecolor="white", alpha=0.8, edgecolor="crimson", lw=0.5))
 
 
