@@ -1,0 +1,112 @@
+"""Training loop: resume after a kill, refusal of mismatched checkpoints, EMA, augmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffdecon.config import get_profile
+from diffdecon.training import (CheckpointMismatchError, SimulatedKill, TrainOptions, augment,
+                                ema_decay_at, export_checkpoint, fid_steps, load_snapshot, read_log,
+                                train)
+
+# A tiny profile: 16 px, 2 levels, 6 steps, checkpoint every 2 steps, batch 4.
+TINY = dataclasses.replace(get_profile("smoke"), name="smoke", image_size=16, block_out_channels=(8, 16),
+                           train_steps=6, checkpoint_every=2, batch_size=4, max_shift_px=1)
+
+
+def _dataset(n=12, hash_="h0"):
+    rng = np.random.default_rng(0)
+    return SimpleNamespace(images=rng.random((n, 3, 16, 16)).astype(np.float32) + 0.01, manifest_hash=hash_)
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    ds = _dataset()
+    full = train(TINY, ds, out_dir=tmp_path / "full", progress=False)
+    assert full.finished and full.step == 6
+    # Killed right after step 5: the last checkpoint is at step 4, step 5 is lost and redone.
+    with pytest.raises(SimulatedKill):
+        train(TINY, ds, out_dir=tmp_path / "killed", progress=False, kill_after_step=5)
+    resumed = train(TINY, ds, out_dir=tmp_path / "killed", progress=False)
+    assert resumed.step == 6
+    # Same seed, deterministic CPU kernels, same threads: bitwise equal weights, EMA and losses.
+    assert _states_equal(full.model, resumed.model)
+    assert _states_equal(full.ema, resumed.ema)
+    assert [r["loss"] for r in full.log] == [r["loss"] for r in resumed.log]
+    assert [r["step"] for r in read_log(tmp_path / "killed" / "train_log.csv")] == list(range(1, 7))
+
+
+def test_max_steps_then_resume_matches(tmp_path):
+    ds = _dataset()
+    part = train(TINY, ds, out_dir=tmp_path / "a", progress=False, max_steps=3)
+    assert part.step == 3 and not part.finished
+    rest = train(TINY, ds, out_dir=tmp_path / "a", progress=False)
+    full = train(TINY, ds, out_dir=tmp_path / "b", progress=False)
+    assert _states_equal(rest.ema, full.ema)
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    ds = _dataset()
+    train(TINY, ds, out_dir=tmp_path, progress=False, max_steps=2)
+    with pytest.raises(CheckpointMismatchError, match="dataset_hash"):
+        train(TINY, _dataset(hash_="other"), out_dir=tmp_path, progress=False)
+    other = dataclasses.replace(TINY, lr=3e-4)
+    with pytest.raises(CheckpointMismatchError, match=r"config\.lr"):
+        train(other, ds, out_dir=tmp_path, progress=False)
+    with pytest.raises(CheckpointMismatchError, match="training_options"):
+        train(TINY, ds, out_dir=tmp_path, progress=False, options=TrainOptions(batch_size=2))
+    # retrain=True starts afresh instead.
+    assert train(other, ds, out_dir=tmp_path, progress=False, retrain=True, max_steps=1).step == 1
+
+
+def test_export_and_snapshots(tmp_path):
+    ds = _dataset()
+    train(TINY, ds, out_dir=tmp_path / "run", progress=False)
+    dest = export_checkpoint(TINY, tmp_path / "run", tmp_path / "models", dataset_manifest={"a": 1})
+    steps = fid_steps(TINY)
+    assert steps == [3, 4, 5, 6]  # round(6 * 300/525) = 3, 375/525 -> 4, 450/525 -> 5, 6
+    for s in steps:
+        p = load_snapshot(TINY, s, dest)
+        assert p.checkpoint_sha256 and len(p.checkpoint_sha256) == 64
+    from diffdecon.prior import load_prior
+
+    final = load_prior(TINY, dest)
+    run_state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(final.unet.state_dict()[k], v) for k, v in run_state["ema"].items())
+
+
+def test_export_refuses_unfinished_run(tmp_path):
+    train(TINY, _dataset(), out_dir=tmp_path, progress=False, max_steps=2)
+    with pytest.raises(RuntimeError, match="step 2 of 6"):
+        export_checkpoint(TINY, tmp_path, tmp_path / "models")
+
+
+def test_wrong_image_shape_is_refused(tmp_path):
+    ds = SimpleNamespace(images=np.ones((4, 3, 8, 8), np.float32), manifest_hash="x")
+    with pytest.raises(ValueError, match="needs"):
+        train(TINY, ds, out_dir=tmp_path, progress=False)
+
+
+def test_ema_decay_warmup():
+    assert ema_decay_at(0, 0.9999) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.9999) == pytest.approx(0.91)
+    assert ema_decay_at(10**7, 0.9999) == 0.9999
+    assert ema_decay_at(5, 0.9999, warmup=False) == 0.9999
+
+
+def test_augment_conserves_flux_and_is_seeded():
+    x = torch.rand(5, 3, 16, 16)
+    a = augment(x, torch.Generator().manual_seed(1), 2, True)
+    b = augment(x, torch.Generator().manual_seed(1), 2, True)
+    assert torch.equal(a, b)
+    # Rolls, flips and rotations permute pixels: every image's flux and sorted values are kept.
+    assert torch.equal(a.flatten(1).sort().values, x.flatten(1).sort().values)
