@@ -1,0 +1,300 @@
+"""Frechet distance between image sets, and the feature extractors it is computed in.
+
+``FID = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})`` (Heusel et al. 2017), the
+Frechet (2-Wasserstein) distance between Gaussians fitted to two sets of features.
+
+Feature extractors
+------------------
+* **galaxy encoder (default)**: a small CNN trained by this project on the training set to
+  regress the synthetic catalogue's physical parameters (colours, sizes, bulge fraction,
+  inclination, knots, bar, arms) from prior-space images; the features are its 64-d
+  penultimate layer. Every table and figure labels its FID "galaxy-encoder features (not
+  Inception)": the numbers are *not* comparable in scale with the paper's Inception FID.
+* **InceptionV3** (the paper's FID): via ``pytorch-fid``, only where it is importable *and*
+  its weights are already on disk (no download is attempted). pytorch-fid imports
+  torchvision, which this project does not install (no CPU build matches the pinned
+  torch), so on the development machines it is unavailable and
+  :func:`inception_available` says why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import cache, paths
+from .config import Profile, get_profile
+
+FEATURE_LABEL = "galaxy-encoder features (not Inception)"
+"""Label printed beside every FID computed with the default extractor."""
+
+# --------------------------------------------------------------------------- Frechet distance
+
+
+def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(D,)`` and covariance ``(D, D)`` (unbiased, ``N - 1``) of ``(N, D)`` features."""
+    f = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, S1, mu2, S2, eps: float = 1e-6) -> float:
+    """Frechet distance ``||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))`` (feature units^2).
+
+    ``sqrtm`` is :func:`scipy.linalg.sqrtm`; if the product is singular (fewer samples than
+    dimensions), ``eps`` is added to both diagonals, as pytorch-fid does. A negligible
+    imaginary part from round-off is dropped; a large one raises.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    S1, S2 = np.atleast_2d(np.asarray(S1, np.float64)), np.atleast_2d(np.asarray(S2, np.float64))
+    d = mu1.shape[0]
+    for name, v in (("mu2", mu2), ("S1", S1), ("S2", S2)):
+        if v.shape[0] != d or (v.ndim == 2 and v.shape != (d, d)):
+            raise ValueError(f"{name} has shape {v.shape}; expected ({d},) or ({d}, {d}) like mu1")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(S1 @ S2)
+    if not np.isfinite(covmean).all():
+        off = np.eye(d) * eps
+        covmean = linalg.sqrtm((S1 + off) @ (S2 + off))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3 * max(1.0, np.abs(covmean).max())):
+            raise ValueError(f"sqrtm(S1 S2) has a large imaginary part {np.abs(covmean.imag).max():.3g}")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(S1) + np.trace(S2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(f1, f2) -> float:
+    """Frechet distance between Gaussians fitted to two ``(N, D)`` feature sets."""
+    return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))
+
+
+# --------------------------------------------------------------------------- Inception (optional)
+
+
+def inception_available() -> tuple[bool, str]:
+    """Whether the Inception FID can be computed here, and why not if not.
+
+    Needs ``pytorch_fid`` importable (it imports torchvision) and its FID weights
+    (``pt_inception-2015-12-05-*.pth``) in the torch hub checkpoint folder; nothing is
+    downloaded.
+    """
+    try:
+        import pytorch_fid  # noqa: F401  (imports torchvision)
+    except Exception as e:  # ImportError, or torchvision failing on the CPU build of torch
+        return False, (f"pytorch-fid is not importable ({type(e).__name__}: {e}); it needs torchvision, "
+                       "which has no build for this torch. Using galaxy-encoder features instead.")
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if not list(hub.glob("pt_inception-2015-12-05*.pth")):
+        return False, (f"pytorch-fid is installed but its Inception weights are not in {hub} and are not "
+                       "downloaded by this project. Using galaxy-encoder features instead.")
+    return True, "pytorch-fid InceptionV3 (pool3, 2048-d)"
+
+
+def inception_features(x: torch.Tensor, batch: int = 50) -> np.ndarray:
+    """InceptionV3 pool3 features ``(N, 2048)`` of prior-space images ``x`` ``(N, 3, H, W)``.
+
+    ``x`` in [-1, 1] is mapped to [0, 1] (pytorch-fid's input range), bands g, r, i as the
+    three channels. Raises ``RuntimeError`` with the reason when unavailable.
+    """
+    ok, why = inception_available()
+    if not ok:
+        raise RuntimeError(why)
+    from pytorch_fid.inception import InceptionV3
+
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = ((x[i:i + batch].float() + 1) / 2).clamp(0, 1)
+            out.append(model(xb)[0].flatten(1).numpy())
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------- galaxy encoder
+
+TARGET_FIELDS = ("g_r", "r_i", "log_disk_re_kpc", "disk_h_over_r", "bulge_frac", "log_bulge_re_kpc",
+                 "bulge_n", "cos_i", "knot_frac", "bar_frac", "arm_amp")
+"""Catalogue quantities the encoder regresses (orientation-free; the flux scale is removed
+by the normalisation, so the magnitude is not among them)."""
+
+ENCODER_STEPS = {"smoke": 30, "quick": 600, "paper": 3000}
+"""Optimizer steps of the encoder per profile (batch 64, AdamW 1e-3)."""
+
+FEATURE_DIM = 64
+
+
+def catalog_targets(catalog) -> np.ndarray:
+    """``(N, len(TARGET_FIELDS))`` regression targets from a galaxies catalogue (float64)."""
+    c = catalog
+    cols = [c["g_r"], c["r_i"], np.log(c["disk_re_kpc"]), c["disk_h_over_r"], c["bulge_frac"],
+            np.log(c["bulge_re_kpc"]), c["bulge_n"], c["cos_i"], c["knot_frac"],
+            c["bar_frac"] * c["has_bar"], c["arm_amp"] * c["has_arms"]]
+    return np.stack([np.asarray(v, np.float64) for v in cols], axis=1)
+
+
+class GalaxyEncoder(torch.nn.Module):
+    """CNN: prior-space image ``(B, 3, H, W)`` -> features ``(B, 64)`` -> catalogue targets.
+
+    Four stride-2 3x3 convolutions (32, 64, 128, 128 channels, GroupNorm + SiLU), global
+    average pooling, a 64-d linear feature layer, a linear regression head.
+    """
+
+    def __init__(self, n_targets: int = len(TARGET_FIELDS), width: int = 32, feature_dim: int = FEATURE_DIM):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers: list[torch.nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [torch.nn.Conv2d(cin, cout, 3, stride=2, padding=1), torch.nn.GroupNorm(8, cout),
+                       torch.nn.SiLU()]
+        self.conv = torch.nn.Sequential(*layers)
+        self.feature = torch.nn.Linear(chans[-1], feature_dim)
+        self.head = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(feature_dim, n_targets))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 64-d features of prior-space images ``x``."""
+        return self.feature(self.conv(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class Encoder:
+    """A trained galaxy encoder with its provenance."""
+
+    model: GalaxyEncoder
+    target_mean: np.ndarray
+    target_std: np.ndarray
+    holdout_r2: dict[str, float]
+    path: Path
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+        """``(N, 64)`` float64 features of prior-space images ``x`` ``(N, 3, H, W)``."""
+        self.model.eval()
+        return np.concatenate([self.model.features(x[i:i + batch].float()).double().numpy()
+                               for i in range(0, len(x), batch)])
+
+
+def _train_encoder(x: torch.Tensor, y: np.ndarray, steps: int, seed: int, progress: bool = True):
+    from tqdm.auto import tqdm
+
+    from .training import augment
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n_hold = max(2, len(x) // 10)
+    perm = torch.randperm(len(x), generator=g)
+    hold, tr = perm[:n_hold], perm[n_hold:]
+    mean, std = y[tr.numpy()].mean(0), y[tr.numpy()].std(0) + 1e-8
+    yt = torch.from_numpy((y - mean) / std).float()
+    model = GalaxyEncoder(n_targets=y.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in tqdm(range(steps), desc="galaxy encoder", disable=not progress, mininterval=5.0):
+        idx = tr[torch.randint(0, len(tr), (64,), generator=g)]
+        xb = augment(x[idx], g, 0, True)  # targets are orientation-free
+        loss = torch.mean((model(xb) - yt[idx]) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(x[hold]).numpy()
+    yh = yt[hold].numpy()
+    r2 = 1 - ((pred - yh) ** 2).sum(0) / ((yh - yh.mean(0)) ** 2).sum(0)
+    return model, mean, std, {k: float(v) for k, v in zip(TARGET_FIELDS, r2)}
+
+
+def galaxy_encoder(profile: Profile | str, dataset=None, steps: int | None = None, force: bool = False,
+                   progress: bool = True) -> Encoder:
+    """The galaxy encoder of ``profile``, trained on its training set (cached).
+
+    Cached as ``<cache>/fid/encoder-<profile>-<hash>.pt`` with a manifest of the dataset
+    hash, architecture, steps and seed; prints cache hit / recomputed. Trained on 90% of the
+    training images; ``holdout_r2`` is the coefficient of determination of each target on
+    the other 10% (a check that the features carry the galaxies' physical structure).
+    """
+    from .prior import normalise
+
+    profile = get_profile(profile)
+    if dataset is None:
+        from .galaxies import build_dataset
+
+        dataset = build_dataset(profile)
+    steps = ENCODER_STEPS.get(profile.name, 600) if steps is None else int(steps)
+    inputs = {"profile": profile.name, "dataset_hash": str(dataset.manifest_hash), "steps": steps,
+              "seed": profile.seed, "targets": list(TARGET_FIELDS), "arch": "GalaxyEncoder(32,64)-v1",
+              "asinh_a": profile.asinh_a}
+    path = paths.cache_dir() / "fid" / f"encoder-{profile.name}-{cache.hash_inputs(inputs)}.pt"
+
+    def build(tmp: Path) -> None:
+        x, _ = normalise(torch.from_numpy(np.asarray(dataset.images, dtype=np.float32)), profile)
+        model, mean, std, r2 = _train_encoder(x, catalog_targets(dataset.catalog), steps, profile.seed, progress)
+        torch.save({"state_dict": model.state_dict(), "mean": mean, "std": std, "holdout_r2": r2}, tmp)
+
+    cache.cached(path, inputs, build, force=force, what=f"galaxy encoder {profile.name}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = GalaxyEncoder()
+    model.load_state_dict(state["state_dict"])
+    model.eval().requires_grad_(False)
+    return Encoder(model, state["mean"], state["std"], state["holdout_r2"], path)
+
+
+# --------------------------------------------------------------------------- FID of a prior
+
+
+def prior_samples(prior, n: int, seed: int, steps: int = 50, progress: bool = True) -> torch.Tensor:
+    """``n`` unconditional DDIM samples (eta = 0, ``steps`` steps) of ``prior`` in prior space,
+    cached under ``<cache>/prior_samples/`` keyed by the checkpoint's SHA-256."""
+    from .samplers import ddim_sample
+
+    sha = getattr(prior, "checkpoint_sha256", None)
+    if sha is None:
+        raise ValueError("prior has no checkpoint_sha256 (load it with load_prior/load_snapshot) to key the cache")
+    inputs = {"checkpoint_sha256": sha, "n": int(n), "seed": int(seed), "sampler": "ddim", "eta": 0.0,
+              "steps": int(steps), "profile": prior.profile.name}
+    path = paths.cache_dir() / "prior_samples" / f"{prior.profile.name}-{cache.hash_inputs(inputs)}.pt"
+
+    def build(tmp: Path) -> None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            x = ddim_sample(prior, n, g, steps=steps, eta=0.0, progress=progress)
+        torch.save(x.cpu().float(), tmp)
+
+    cache.cached(path, inputs, build, what=f"{n} prior samples")
+    return torch.load(path)
+
+
+def training_floor(encoder: Encoder, x_train: torch.Tensor, n: int, seed: int) -> float:
+    """FID between two disjoint random halves (``n`` images each) of the training set: the
+    value a perfect model would reach with ``n`` samples (finite-sample floor)."""
+    if 2 * n > len(x_train):
+        raise ValueError(f"need 2 n = {2 * n} training images for the floor, have {len(x_train)}")
+    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+    f1 = encoder.features(x_train[perm[:n]])
+    f2 = encoder.features(x_train[perm[n:2 * n]])
+    return fid_from_features(f1, f2)
+
+
+def fid_table_rows(profile: Profile | str, fids: dict[int, float], floor: float) -> list[list[Any]]:
+    """Rows (training fraction, paper step, paper FID, our step, our FID) for the FID table."""
+    from .training import PAPER_FID, PAPER_FID_STEPS, fid_steps
+
+    ours = fid_steps(profile)
+    return [[f"{ps / 525_000:.3f}", f"{ps // 1000}k", pf, s, fids[s]]
+            for ps, pf, s in zip(PAPER_FID_STEPS, PAPER_FID, ours)] + [["floor", "", "", "", floor]]
+
+
+def save_json(path: Path, obj: dict[str, Any]) -> Path:
+    """Write ``obj`` as JSON atomically."""
+    return cache.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
