@@ -24,6 +24,9 @@ __all__ = [
     "tarp_coverage",
     "interval_coverage",
     "reduced_chi2",
+    "se_covariance",
+    "blur_downsample_matrix",
+    "posterior_moment_errors",
 ]
 
 
@@ -125,3 +128,219 @@ class GaussianPrior:
         """Exact draws from N(mu, Sigma), shape (n, *shape)."""
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return (self.mu + (z * self.lam.sqrt()) @ self.U.T).reshape(n, *self.shape).to(self.dtype)
+
+
+# ------------------------------------------------------------------ exact posterior
+
+
+def _sigma_y_matrix(sigma_y, m: int) -> torch.Tensor:
+    s = _as_t64(sigma_y)
+    if s.ndim == 0 or s.numel() == 1:
+        return float(s) ** 2 * torch.eye(m, dtype=torch.float64)
+    if s.ndim == 1 and s.numel() == m:
+        return torch.diag(s**2)
+    if s.shape == (m, m):
+        return s
+    raise ValueError(
+        f"sigma_y with shape {tuple(s.shape)}: expected a scalar std, a ({m},) vector of stds "
+        f"or a ({m}, {m}) covariance Sigma_y"
+    )
+
+
+def exact_posterior(mu, Sigma, A_matrix, sigma_y, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior N(mu_post, Sigma_post) of x0 ~ N(mu, Sigma), y = A x0 + n, n ~ N(0, Sigma_y).
+
+    Sigma_post = (Sigma^-1 + A^T Sigma_y^-1 A)^-1, written in the equivalent form that needs
+    no inverse of Sigma (Woodbury): Sigma_post = Sigma - K A Sigma, K = Sigma A^T S^-1,
+    S = A Sigma A^T + Sigma_y; mu_post = mu + K (y - A mu).
+
+    Parameters
+    ----------
+    mu : (d,) prior mean; Sigma : (d, d) prior covariance [prior units].
+    A_matrix : (m, d) linear forward operator.
+    sigma_y : scalar or (m,) noise std, or (m, m) noise covariance [observation units].
+    y : (m,) observation (any shape with m entries).
+
+    Returns
+    -------
+    (mu_post (d,), Sigma_post (d, d)), float64.
+    """
+    mu, Sigma, A = _as_t64(mu).flatten(), _as_t64(Sigma), _as_t64(A_matrix)
+    d = mu.numel()
+    if Sigma.shape != (d, d) or A.ndim != 2 or A.shape[1] != d:
+        raise ValueError(f"shapes mu {tuple(mu.shape)}, Sigma {tuple(Sigma.shape)}, A {tuple(A.shape)} are inconsistent")
+    m = A.shape[0]
+    y = _as_t64(y).flatten()
+    if y.numel() != m:
+        raise ValueError(f"y has {y.numel()} entries: expected m = {m}")
+    S = A @ Sigma @ A.T + _sigma_y_matrix(sigma_y, m)
+    K = torch.linalg.solve(S, A @ Sigma).T  # Sigma A^T S^-1 (S symmetric)
+    mu_post = mu + K @ (y - A @ mu)
+    Sigma_post = Sigma - K @ A @ Sigma
+    return mu_post, 0.5 * (Sigma_post + Sigma_post.T)
+
+
+def _sqrtm_psd(M: torch.Tensor) -> torch.Tensor:
+    lam, U = torch.linalg.eigh(0.5 * (M + M.T))
+    return (U * lam.clamp_min(0).sqrt()) @ U.T
+
+
+def gaussian_w2(mu1, S1, mu2, S2) -> float:
+    """2-Wasserstein distance between N(mu1, S1) and N(mu2, S2) [units of x]:
+
+    W2^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S2^1/2 S1 S2^1/2)^1/2).
+    """
+    mu1, mu2, S1, S2 = (_as_t64(v) for v in (mu1, mu2, S1, S2))
+    r2 = _sqrtm_psd(S2)
+    cross = _sqrtm_psd(r2 @ S1 @ r2)
+    w2sq = ((mu1.flatten() - mu2.flatten()) ** 2).sum() + torch.trace(S1 + S2 - 2 * cross)
+    return float(w2sq.clamp_min(0).sqrt())
+
+
+def whitened_chi2(samples, mu, Sigma, rcond: float = 1e-10) -> torch.Tensor:
+    """Per-sample whitened squared distance (x - mu)^T Sigma^-1 (x - mu) / d [dimensionless].
+
+    For samples of N(mu, Sigma) it has mean 1 and std sqrt(2/d). ``samples`` (n, ...) with d
+    entries each. Sigma is inverted through its eigendecomposition; eigenvalues below
+    ``rcond * max`` are dropped (d then counts the kept ones).
+    """
+    x = _as_t64(samples).flatten(1)
+    mu, Sigma = _as_t64(mu).flatten(), _as_t64(Sigma)
+    lam, U = torch.linalg.eigh(0.5 * (Sigma + Sigma.T))
+    keep = lam > rcond * lam.max()
+    w = ((x - mu) @ U[:, keep]) / lam[keep].sqrt()
+    return (w**2).sum(1) / int(keep.sum())
+
+
+# ------------------------------------------------------------------ exact test problem
+
+
+def se_covariance(side: int, ell: float = 2.0, amp: float = 0.25, nugget: float = 1e-3,
+                  channels: int = 1) -> torch.Tensor:
+    """Squared-exponential covariance on a side x side pixel grid plus a diagonal nugget,
+    block-diagonal over ``channels`` [prior units^2]:
+    K_ij = amp exp(-|p_i - p_j|^2 / (2 ell^2)) + nugget delta_ij, ``ell`` in pixels."""
+    if side < 1 or ell <= 0 or amp <= 0 or nugget < 0 or channels < 1:
+        raise ValueError(f"se_covariance(side={side}, ell={ell}, amp={amp}, nugget={nugget}, channels={channels}): "
+                         "expected side, channels >= 1, ell, amp > 0, nugget >= 0")
+    ii, jj = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    p = torch.stack([ii.flatten(), jj.flatten()], 1).double()
+    K = amp * torch.exp(-torch.cdist(p, p) ** 2 / (2 * ell**2)) + nugget * torch.eye(side * side, dtype=torch.float64)
+    return torch.block_diag(*[K] * channels)
+
+
+def blur_downsample_matrix(side: int, blur_sigma_px: float = 1.0, factor: int = 2, channels: int = 1) -> torch.Tensor:
+    """Dense operator A: separable Gaussian blur (std ``blur_sigma_px`` model px, rows
+    normalised so flux is conserved away from the edges) then ``factor`` x ``factor`` block
+    averaging, per channel. Returns ``(channels (side/factor)^2, channels side^2)``, float64,
+    acting on images flattened in (C, H, W) order."""
+    if side % factor:
+        raise ValueError(f"side={side} is not a multiple of factor={factor}")
+    i = torch.arange(side, dtype=torch.float64)
+    G = torch.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * blur_sigma_px**2))
+    G = G / G.sum(1, keepdim=True)
+    Dn = torch.zeros(side // factor, side, dtype=torch.float64)
+    for k in range(side // factor):
+        Dn[k, factor * k: factor * (k + 1)] = 1.0 / factor
+    M = Dn @ G
+    return torch.block_diag(*[torch.kron(M, M)] * channels)
+
+
+def posterior_moment_errors(samples, mu_post, Sigma_post) -> dict[str, float]:
+    """Compare samples (n, ...) with the exact posterior N(mu_post, Sigma_post).
+
+    Returns a dict: ``mean_err_max``/``mean_err_rms``: |empirical mean - mu_post| in units
+    of the exact posterior std per pixel (Monte-Carlo level ~ 1/sqrt(n)); ``var_ratio``:
+    mean over pixels of empirical / exact posterior variance; ``w2``: Gaussian W2 between
+    the empirical (mean, covariance) and the exact posterior [prior units] (biased upward
+    by the Monte-Carlo error of the empirical covariance); ``chi2``: mean whitened chi^2
+    per dimension of the samples about mu_post (1 when calibrated); ``n``.
+    """
+    x = _as_t64(samples).flatten(1)
+    mp, Sp = _as_t64(mu_post).flatten(), _as_t64(Sigma_post)
+    if x.shape[1] != mp.numel():
+        raise ValueError(f"samples have {x.shape[1]} entries each: expected {mp.numel()}")
+    m, C = x.mean(0), torch.cov(x.T)
+    z = (m - mp) / Sp.diag().sqrt()
+    return {
+        "n": int(x.shape[0]),
+        "mean_err_max": float(z.abs().max()),
+        "mean_err_rms": float(z.pow(2).mean().sqrt()),
+        "var_ratio": float((C.diag() / Sp.diag()).mean()),
+        "w2": gaussian_w2(m, C, mp, Sp),
+        "chi2": float(whitened_chi2(x, mp, Sp).mean()),
+    }
+
+
+# ------------------------------------------------------------------ coverage
+
+
+def tarp_coverage(samples, truths, references: str = "random", metric: str = "euclidean",
+                  norm: bool = True, bootstrap: bool = False, num_bootstrap: int = 100, seed: int = 0):
+    """TARP expected coverage (Lemos et al. 2023) via the PyPI ``tarp`` package.
+
+    Parameters
+    ----------
+    samples : (n_samples, n_sims, n_dims) posterior samples (flatten images to n_dims).
+    truths : (n_sims, n_dims) true parameters.
+    references, metric, norm, bootstrap, num_bootstrap : passed to ``get_tarp_coverage``.
+    seed : passed to ``tarp``, which seeds numpy's global generator with it; the global
+        state is restored afterwards.
+
+    Returns
+    -------
+    (alpha, ecp, max_dev): credibility levels, expected coverage probability (with
+    ``bootstrap``: the mean over bootstraps) and max |ecp - alpha| (0 = calibrated; ecp
+    below the diagonal means over-confident).
+    """
+    from tarp import get_tarp_coverage  # lazy: optional heavy import
+
+    s = np.asarray(samples.detach().cpu() if torch.is_tensor(samples) else samples, dtype=np.float64)
+    th = np.asarray(truths.detach().cpu() if torch.is_tensor(truths) else truths, dtype=np.float64)
+    if s.ndim != 3 or th.ndim != 2 or s.shape[1:] != th.shape:
+        raise ValueError(
+            f"samples {s.shape} and truths {th.shape}: expected (n_samples, n_sims, n_dims) and (n_sims, n_dims)"
+        )
+    if s.shape[1] < 2:
+        raise ValueError("tarp needs at least 2 simulations (n_sims >= 2)")
+    state = np.random.get_state()
+    try:
+        out = get_tarp_coverage(s, th, references=references, metric=metric, norm=norm,
+                                bootstrap=bootstrap, num_bootstrap=num_bootstrap, seed=seed)
+    finally:
+        np.random.set_state(state)
+    ecp, alpha = out[0], out[1]
+    if bootstrap:
+        ecp = np.asarray(ecp).mean(0)
+    ecp, alpha = np.asarray(ecp), np.asarray(alpha)
+    return alpha, ecp, float(np.abs(ecp - alpha).max())
+
+
+def interval_coverage(samples, truths, levels: Sequence[float] = (0.68, 0.95)) -> dict[float, float]:
+    """Fraction of truth values inside the central equal-tailed credible interval.
+
+    samples : (n_samples, ...) posterior samples of one truth (...) or (n_samples, n_sims, ...);
+    truths : (...) matching ``samples.shape[1:]``. Every pixel (entry) is one trial.
+    Returns {level: empirical coverage}; a calibrated posterior gives coverage ~ level.
+    """
+    s = _as_t64(samples)
+    th = _as_t64(truths)
+    if tuple(s.shape[1:]) != tuple(th.shape):
+        raise ValueError(f"samples {tuple(s.shape)} and truths {tuple(th.shape)}: truths must match samples.shape[1:]")
+    out = {}
+    for level in levels:
+        if not 0 < level < 1:
+            raise ValueError(f"level={level!r}: expected a float in (0, 1)")
+        q = torch.quantile(s.flatten(1), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
+        inside = (th.flatten() >= q[0]) & (th.flatten() <= q[1])
+        out[float(level)] = float(inside.double().mean())
+    return out
+
+
+def reduced_chi2(y, Ax, sigma, dof: int | None = None) -> float:
+    """Reduced chi^2 = sum(((y - Ax) / sigma)^2) / dof [dimensionless]; ~1 for a fit at
+    the noise level. ``sigma``: scalar, per band (C,) for (..., C, h, w) arrays, or
+    broadcastable. ``dof`` defaults to the number of data entries."""
+    from .metrics import reduced_chi2 as _rc
+
+    return _rc(y, Ax, sigma, dof=dof)
