@@ -60,14 +60,18 @@ def frechet_distance(mu1, S1, mu2, S2, eps: float = 1e-6) -> float:
         if v.shape[0] != d or (v.ndim == 2 and v.shape != (d, d)):
             raise ValueError(f"{name} has shape {v.shape}; expected ({d},) or ({d}, {d}) like mu1")
     diff = mu1 - mu2
+
+    def bad(c) -> bool:
+        tol = 1e-3 * max(1.0, float(np.abs(c).max())) if np.isfinite(c).all() else 0.0
+        return not np.isfinite(c).all() or (np.iscomplexobj(c) and np.abs(np.diagonal(c).imag).max() > tol)
+
     covmean = linalg.sqrtm(S1 @ S2)
-    if not np.isfinite(covmean).all():
-        off = np.eye(d) * eps
+    if bad(covmean):  # singular product (fewer samples than dimensions): regularise
+        off = np.eye(d) * eps * max(1.0, float(np.trace(S1) + np.trace(S2)) / d)
         covmean = linalg.sqrtm((S1 + off) @ (S2 + off))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3 * max(1.0, np.abs(covmean).max())):
-            raise ValueError(f"sqrtm(S1 S2) has a large imaginary part {np.abs(covmean.imag).max():.3g}")
-        covmean = covmean.real
+        if bad(covmean):
+            raise ValueError("sqrtm(S1 S2) is not real and finite even after regularisation")
+    covmean = np.real(covmean)
     return float(diff @ diff + np.trace(S1) + np.trace(S2) - 2 * np.trace(covmean))
 
 
@@ -238,7 +242,7 @@ def galaxy_encoder(profile: Profile | str, dataset=None, steps: int | None = Non
     path = paths.cache_dir() / "fid" / f"encoder-{profile.name}-{cache.hash_inputs(inputs)}.pt"
 
     def build(tmp: Path) -> None:
-        x, _ = normalise(torch.from_numpy(np.asarray(dataset.images, dtype=np.float32)), profile)
+        x, _ = normalise(torch.from_numpy(np.array(dataset.images, dtype=np.float32)), profile)
         model, mean, std, r2 = _train_encoder(x, catalog_targets(dataset.catalog), steps, profile.seed, progress)
         torch.save({"state_dict": model.state_dict(), "mean": mean, "std": std, "holdout_r2": r2}, tmp)
 
@@ -253,22 +257,30 @@ def galaxy_encoder(profile: Profile | str, dataset=None, steps: int | None = Non
 # --------------------------------------------------------------------------- FID of a prior
 
 
+X0_CLIP = (-1.0, 3.0)
+"""Range to which Tweedie's x0 is clipped in unconditional sampling [prior space]: x = -1 is
+zero flux (idealized images have none below), 3 is far above the brightest training pixel
+(about 1.8). Like improved DDPM's ``clip_denoised`` for [-1, 1] data, it keeps the first
+steps (where 1/sqrt(abar_t) reaches 2e4) of a barely trained model from diverging."""
+
+
 def prior_samples(prior, n: int, seed: int, steps: int = 50, progress: bool = True) -> torch.Tensor:
-    """``n`` unconditional DDIM samples (eta = 0, ``steps`` steps) of ``prior`` in prior space,
-    cached under ``<cache>/prior_samples/`` keyed by the checkpoint's SHA-256."""
+    """``n`` unconditional DDIM samples (eta = 0, ``steps`` steps, x0 clipped to
+    :data:`X0_CLIP`) of ``prior`` in prior space, cached under ``<cache>/prior_samples/``
+    keyed by the checkpoint's SHA-256."""
     from .samplers import ddim_sample
 
     sha = getattr(prior, "checkpoint_sha256", None)
     if sha is None:
         raise ValueError("prior has no checkpoint_sha256 (load it with load_prior/load_snapshot) to key the cache")
     inputs = {"checkpoint_sha256": sha, "n": int(n), "seed": int(seed), "sampler": "ddim", "eta": 0.0,
-              "steps": int(steps), "profile": prior.profile.name}
+              "steps": int(steps), "profile": prior.profile.name, "x0_clip": list(X0_CLIP)}
     path = paths.cache_dir() / "prior_samples" / f"{prior.profile.name}-{cache.hash_inputs(inputs)}.pt"
 
     def build(tmp: Path) -> None:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            x = ddim_sample(prior, n, g, steps=steps, eta=0.0, progress=progress)
+            x = ddim_sample(prior, n, g, steps=steps, eta=0.0, x0_clip=X0_CLIP, progress=progress)
         torch.save(x.cpu().float(), tmp)
 
     cache.cached(path, inputs, build, what=f"{n} prior samples")
@@ -298,3 +310,69 @@ def fid_table_rows(profile: Profile | str, fids: dict[int, float], floor: float)
 def save_json(path: Path, obj: dict[str, Any]) -> Path:
     """Write ``obj`` as JSON atomically."""
     return cache.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float))
+
+
+# --------------------------------------------------------------------------- evaluation of a run
+
+
+@dataclass
+class PriorEvaluation:
+    """FID of the EMA snapshots of a run, the training-set floor and the features behind them.
+
+    steps : snapshot steps; fids : {step: FID}; floor : FID between two disjoint training
+    halves of ``n`` images each; n : images per set; x_train : the ``n`` training images
+    (prior space) compared with the samples; samples : {step: (n, C, H, W) prior space};
+    train_features / sample_features : galaxy-encoder features; encoder : the extractor;
+    label : what the features are.
+    """
+
+    steps: list[int]
+    fids: dict[int, float]
+    floor: float
+    n: int
+    x_train: torch.Tensor
+    samples: dict[int, torch.Tensor]
+    train_features: np.ndarray
+    sample_features: dict[int, np.ndarray]
+    encoder: Encoder
+    label: str = FEATURE_LABEL
+
+
+def evaluate_prior(profile: Profile | str, model_dir: str | Path | None = None, dataset=None,
+                   n: int | None = None, ddim_steps: int | None = None, progress: bool = True) -> PriorEvaluation:
+    """FID (galaxy-encoder features) of every EMA snapshot in ``model_dir`` vs the training set.
+
+    ``n`` samples per snapshot (default ``profile.n_prior``), drawn with DDIM (eta = 0,
+    ``ddim_steps`` steps, default ``clip(profile.sampling_steps, 10, 50)``; cached); compared with ``n`` random training images, and the floor
+    with two other disjoint sets of ``n`` training images (same ``n``, so the finite-sample
+    bias of the FID is the same in both).
+    """
+    from .prior import checkpoint_dir, normalise
+    from .training import fid_steps, load_snapshot
+
+    profile = get_profile(profile)
+    if dataset is None:
+        from .galaxies import build_dataset
+
+        dataset = build_dataset(profile)
+    model_dir = Path(model_dir) if model_dir is not None else checkpoint_dir(profile)
+    n = profile.n_prior if n is None else int(n)
+    ddim_steps = max(10, min(50, profile.sampling_steps)) if ddim_steps is None else int(ddim_steps)
+    if 3 * n > len(dataset.images):
+        raise ValueError(f"n = {n} needs 3 n = {3 * n} training images (samples' reference and the "
+                         f"two floor halves), the dataset has {len(dataset.images)}")
+    encoder = galaxy_encoder(profile, dataset, progress=progress)
+    perm = np.random.default_rng(profile.seed + 1).permutation(len(dataset.images))
+    sel = np.sort(perm[:3 * n])
+    x_all, _ = normalise(torch.from_numpy(np.array(dataset.images[sel], dtype=np.float32)), profile)
+    x_train, x_floor = x_all[:n], x_all[n:]
+    train_features = encoder.features(x_train)
+    floor = fid_from_features(encoder.features(x_floor[:n]), encoder.features(x_floor[n:]))
+    fids, samples, feats = {}, {}, {}
+    for s in fid_steps(profile):
+        prior = load_snapshot(profile, s, model_dir)
+        x = prior_samples(prior, n, seed=profile.seed + 7, steps=ddim_steps, progress=progress)
+        samples[s], feats[s] = x, encoder.features(x)
+        fids[s] = fid_from_features(train_features, feats[s])
+        print(f"[diffdecon] FID ({FEATURE_LABEL}) at step {s}: {fids[s]:.3f} (floor {floor:.3f}, n = {n})")
+    return PriorEvaluation(fid_steps(profile), fids, floor, n, x_train, samples, train_features, feats, encoder)

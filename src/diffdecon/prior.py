@@ -161,8 +161,8 @@ def build_unet(profile: Profile | str, n_heads: int = 4):
 
 
 def count_parameters(module: torch.nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    """Number of parameters (trainable or frozen)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 # --------------------------------------------------------------------------- the prior

@@ -465,3 +465,38 @@ def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: in
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def prior_directory(profile: Profile | str, dataset=None, progress: bool = True) -> Path:
+    """Folder of the trained prior a notebook uses for ``profile``.
+
+    * ``smoke``: trains the tiny smoke model (seconds) in ``<cache>/training/smoke/`` and
+      exports it to ``<cache>/models/smoke/`` (never into the committed ``models/``); a
+      finished run is reused (cache hit).
+    * other profiles: the committed ``models/<profile>/``, checked against the config and
+      the dataset hash; prints ``cache hit``. Raises ``FileNotFoundError`` naming
+      ``make train`` when it is absent (training a quick model takes about an hour).
+    """
+    profile = get_profile(profile)
+    if dataset is None:
+        from .galaxies import build_dataset
+
+        dataset = build_dataset(profile)
+    if profile.name == "smoke":
+        dest = paths.cache_dir() / "models" / "smoke"
+        if committed_matches(profile, dataset.manifest_hash, dest_dir=dest):
+            print(f"[diffdecon] cache hit: smoke prior {dest}")
+            return dest
+        result = train(profile, dataset, progress=progress)
+        if not result.finished:
+            raise RuntimeError(f"smoke training stopped at step {result.step}")
+        export_checkpoint(profile, result.run_dir, dest, dataset_manifest=dataset.manifest)
+        print(f"[diffdecon] recomputed: smoke prior {dest}")
+        return dest
+    dest = checkpoint_dir(profile)
+    if not committed_matches(profile, dataset.manifest_hash):
+        raise FileNotFoundError(
+            f"no finished {profile.name} checkpoint in {dest}: run `make train PROFILE={profile.name}` "
+            f"(python scripts/train.py --profile {profile.name})")
+    print(f"[diffdecon] cache hit: committed {profile.name} prior {dest}")
+    return dest
