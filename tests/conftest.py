@@ -40,3 +40,75 @@ def hsc_root():
     if not root.is_dir():
         pytest.skip(f"real HSC data not found at {root}: set DIFFDECON_DATA to the folder holding hsc_pdr3_cosmos/")
     return root
+
+
+class IsotropicGaussianPrior(torch.nn.Module):
+    """Exact diffusion prior x0 ~ N(mu, s^2 I) in prior space under the VP process (tests only).
+
+    With abar = abar_t: x_t ~ N(sqrt(abar) mu, (abar s^2 + 1 - abar) I), so Tweedie's mean is
+    D(x_t) = mu + sqrt(abar) s^2 / (abar s^2 + 1 - abar) (x_t - sqrt(abar) mu) and
+    eps(x_t) = (x_t - sqrt(abar) D) / sqrt(1 - abar). Unlike an untrained UNet it never
+    diverges, so the plumbing of targets/cli can be tested end to end in seconds.
+    Follows the diffdecon.prior contract (profile, schedule, eps, x0_hat, stretch, unstretch).
+    """
+
+    def __init__(self, profile, mu: torch.Tensor, s: float):
+        super().__init__()
+        from diffdecon.config import get_profile
+        from diffdecon.prior import NoiseSchedule
+
+        self.profile = get_profile(profile)
+        self.schedule = NoiseSchedule.cosine(self.profile.diffusion_steps)
+        self.register_buffer("mu", mu.to(torch.float32))
+        self.s2 = float(s) ** 2
+        self.checkpoint_sha256 = None
+        self.checkpoint_path = None
+        self._dtype_anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def x0_hat(self, x_t, t, eps=None):
+        a = self.schedule.abar(t, x_t)
+        return self.mu + a.sqrt() * self.s2 / (a * self.s2 + 1 - a) * (x_t - a.sqrt() * self.mu)
+
+    def eps(self, x_t, t):
+        a = self.schedule.abar(t, x_t)
+        return (x_t - a.sqrt() * self.x0_hat(x_t, t)) / (1 - a).sqrt()
+
+    def stretch(self, f):
+        from diffdecon.prior import stretch
+
+        return stretch(f, self.profile.asinh_a)
+
+    def unstretch(self, x):
+        from diffdecon.prior import unstretch
+
+        return unstretch(x, self.profile.asinh_a)
+
+
+def gaussian_galaxy(profile, sigma_px: float = 3.0, colors=(0.5, 0.8, 1.0), total: float = 100.0):
+    """A round Gaussian galaxy on the model grid of ``profile``, (3, H, W) float64
+    [HSC coadd flux per model px], summing to ``total`` over bands."""
+    import numpy as np
+
+    from diffdecon.config import get_profile
+
+    n = get_profile(profile).image_size
+    r = np.arange(n) - (n - 1) / 2
+    g = np.exp(-0.5 * (r[:, None] ** 2 + r[None, :] ** 2) / sigma_px**2)
+    img = np.stack([c * g for c in colors])
+    return img * total / img.sum()
+
+
+@pytest.fixture
+def smoke_gaussian_prior():
+    """An :class:`IsotropicGaussianPrior` of the smoke profile centred on a Gaussian galaxy
+    (prior-space sd 0.1)."""
+    from diffdecon.prior import normalise
+
+    mu, _ = normalise(torch.as_tensor(gaussian_galaxy("smoke")), "smoke")
+    return IsotropicGaussianPrior("smoke", mu, 0.1)
+
+
+@pytest.fixture
+def smoke_galaxy():
+    """:func:`gaussian_galaxy` of the smoke profile, (3, 32, 32) [HSC coadd flux per model px]."""
+    return gaussian_galaxy("smoke")
