@@ -583,6 +583,8 @@ def mmps(
         raise ValueError(f"n={n!r}: expected a positive int")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
+    if not isinstance(cg_iters, int) or cg_iters < 1:
+        raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
     _check_generator(generator, n)
     abar = _alphas_cumprod(prior)
     ts = timesteps(abar.numel(), steps)
