@@ -321,7 +321,7 @@ def _unconditional(prior, n, generator, steps, shape, kind, eta, variance, x0_cl
     C, H, W = _sample_shape(prior, shape)
     dtype, device = _prior_dtype_device(prior)
     x = _randn((n, C, H, W), generator, dtype, device)  # x_T ~ N(0, I)
-    div = _Divergence(n, "raise", kind, 1e4, device)
+    div = _Divergence(n, "raise", kind, float("inf"), device)  # NaN/inf only
     for i, t in enumerate(tqdm(ts.tolist(), desc=kind, disable=not progress, leave=False)):
         x0 = _clip(prior.x0_hat(x, _time_batch(t, n, device)), x0_clip)
         z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
@@ -410,7 +410,7 @@ def dps(
     variance: str = "large",
     shape: Sequence[int] | None = None,
     on_divergence: str = "raise",
-    max_abs: float = 1e4,
+    max_abs: float = 1e6,
     progress: bool = True,
 ):
     """Diffusion posterior sampling (Chung et al. 2022), per-sample norm.
@@ -441,7 +441,10 @@ def dps(
         samples. ``mask``: return ``(x, valid)`` with diverged samples set to NaN and
         ``valid[i] = False``.
     max_abs : float
-        A sample with any |x| above this [prior-space units] counts as diverged.
+        A sample with any |x_t| above this [prior-space units] counts as diverged (besides
+        NaN/inf). 1e6 is far above anything a working sampler reaches (|x_t| ~ 1-5) but
+        leaves room for the first steps of an untrained network, whose unclipped x0_hat at
+        t = T-1 can reach ~1e4 (1 / sqrt(abar_{T-1})).
 
     Returns
     -------
@@ -563,7 +566,7 @@ def mmps(
     eta: float = 1.0,
     shape: Sequence[int] | None = None,
     on_divergence: str = "raise",
-    max_abs: float = 1e4,
+    max_abs: float = 1e6,
     progress: bool = True,
 ):
     """Moment Matching Posterior Sampling (Rozet et al. 2024) with DDIM steps.
