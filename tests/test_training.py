@@ -110,3 +110,51 @@ def test_augment_conserves_flux_and_is_seeded():
     assert torch.equal(a, b)
     # Rolls, flips and rotations permute pixels: every image's flux and sorted values are kept.
     assert torch.equal(a.flatten(1).sort().values, x.flatten(1).sort().values)
+
+
+_CHILD = r"""
+import dataclasses, sys
+from types import SimpleNamespace
+import numpy as np, torch
+torch.set_num_threads(1)
+from diffdecon.config import get_profile
+from diffdecon.training import train
+TINY = dataclasses.replace(get_profile("smoke"), name="smoke", image_size=16, block_out_channels=(8, 16),
+                           train_steps=400, checkpoint_every=2, batch_size=4, max_shift_px=1)
+rng = np.random.default_rng(0)
+ds = SimpleNamespace(images=rng.random((12, 3, 16, 16)).astype(np.float32) + 0.01, manifest_hash="h0")
+train(TINY, ds, out_dir=sys.argv[1], progress=False, max_steps=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_subprocess(tmp_path):
+    """A real SIGKILL (no chance to clean up) at an arbitrary moment after the first checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "killed"), "400"], env=env)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=False)  # the atomic write leaves a complete file
+    k = state["step"]
+    assert 2 <= k < 400
+    n = k + 3
+    subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), str(n)], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "full"), str(n)], env=env, check=True)
+    a = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == n
+    assert all(torch.equal(a["ema"][key], b["ema"][key]) for key in b["ema"])
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in b["model"])
