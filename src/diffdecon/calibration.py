@@ -276,7 +276,8 @@ def posterior_moment_errors(samples, mu_post, Sigma_post) -> dict[str, float]:
 
 
 def tarp_coverage(samples, truths, references: str = "random", metric: str = "euclidean",
-                  norm: bool = True, bootstrap: bool = False, num_bootstrap: int = 100, seed: int = 0):
+                  norm: bool = True, bootstrap: bool = False, num_bootstrap: int = 100, seed: int = 0,
+                  num_alpha_bins: int | None = None):
     """TARP expected coverage (Lemos et al. 2023) via the PyPI ``tarp`` package.
 
     Parameters
@@ -286,6 +287,9 @@ def tarp_coverage(samples, truths, references: str = "random", metric: str = "eu
     references, metric, norm, bootstrap, num_bootstrap : passed to ``get_tarp_coverage``.
     seed : passed to ``tarp``, which seeds numpy's global generator with it; the global
         state is restored afterwards.
+    num_alpha_bins : int, optional
+        Credibility bins; default ``max(1, n_sims // 10)`` (``tarp``'s own default,
+        ``n_sims // 10``, is 0 and fails for fewer than 10 simulations).
 
     Returns
     -------
@@ -305,7 +309,10 @@ def tarp_coverage(samples, truths, references: str = "random", metric: str = "eu
         raise ValueError("tarp needs at least 2 simulations (n_sims >= 2)")
     state = np.random.get_state()
     try:
-        out = get_tarp_coverage(s, th, references=references, metric=metric, norm=norm,
+        bins = max(1, s.shape[1] // 10) if num_alpha_bins is None else int(num_alpha_bins)
+        if bins < 1:
+            raise ValueError(f"num_alpha_bins={num_alpha_bins!r}: expected a positive int")
+        out = get_tarp_coverage(s, th, references=references, metric=metric, norm=norm, num_alpha_bins=bins,
                                 bootstrap=bootstrap, num_bootstrap=num_bootstrap, seed=seed)
     finally:
         np.random.set_state(state)
