@@ -59,6 +59,11 @@ LOG_FILE = "train_log.csv"
 LOG_FIELDS = ("step", "loss", "ema_decay", "shift", "elapsed_s", "images_per_s")
 
 
+INFERENCE_FIELDS: tuple[str, ...] = ("sampling_steps", "n_posterior", "n_prior", "n_mock")
+"""Profile fields that are recorded in a checkpoint but not compared: they size posterior
+sampling, not training, so changing them keeps the trained weights valid."""
+
+
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint was made with another configuration or dataset than the one asked for."""
 
@@ -173,7 +178,8 @@ def check_checkpoint(state: dict[str, Any], config: dict[str, Any], dataset_hash
     """
     problems = []
     old = state.get("config", {})
-    keys = sorted(set(old) | set(config))
+    # fields that only size the inference (samplers, notebooks) do not touch the weights
+    keys = sorted((set(old) | set(config)) - set(INFERENCE_FIELDS))
     diff = [k for k in keys if cache.canonical_json(old.get(k)) != cache.canonical_json(config.get(k))]
     for k in diff:
         problems.append(f"config.{k}: checkpoint {old.get(k)!r} vs now {config.get(k)!r}")
