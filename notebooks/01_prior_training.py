@@ -112,7 +112,7 @@ manuscript.write_variables("prior_training", {
     "PriorFIDFinal": ev.fids[steps[-1]],
     "PriorFIDFloor": ev.floor,
     "PriorFIDSamples": ev.n,
-    "PriorEncoderRsq": float(np.mean(list(ev.encoder.holdout_r2.values()))),
+    "PriorEncoderRsq": float(np.nanmean(list(ev.encoder.holdout_r2.values()))),
 })
 print(table)
 

@@ -215,8 +215,9 @@ def _train_encoder(x: torch.Tensor, y: np.ndarray, steps: int, seed: int, progre
     with torch.no_grad():
         pred = model(x[hold]).numpy()
     yh = yt[hold].numpy()
-    r2 = 1 - ((pred - yh) ** 2).sum(0) / ((yh - yh.mean(0)) ** 2).sum(0)
-    return model, mean, std, {k: float(v) for k, v in zip(TARGET_FIELDS, r2)}
+    with np.errstate(divide="ignore", invalid="ignore"):  # a constant target has no R^2 (nan)
+        r2 = 1 - ((pred - yh) ** 2).sum(0) / ((yh - yh.mean(0)) ** 2).sum(0)
+    return model, mean, std, {k: float(v) if np.isfinite(v) else float("nan") for k, v in zip(TARGET_FIELDS, r2)}
 
 
 def galaxy_encoder(profile: Profile | str, dataset=None, steps: int | None = None, force: bool = False,
