@@ -247,3 +247,28 @@ def test_targets_command(hsc_root, capsys):
     text = capsys.readouterr().out
     for name in data.list_targets(hsc_root):
         assert name in text
+
+
+def test_deconvolve_target_with_hst(hsc_root, test_prior, capsys, tmp_path):
+    """`deconvolve-target` on the first target that has an HST cutout: the header carries the
+    HST comparison and the window position; the model WCS is centred on the catalogue RA/Dec."""
+    from diffdecon import data
+
+    with_hst = [n for n in data.list_targets(hsc_root) if data.load_target(n, hsc_root).hst is not None]
+    if not with_hst:
+        pytest.skip(f"no target with an HST cutout under {hsc_root} (DIFFDECON_DATA)")
+    t = data.load_target(with_hst[0], hsc_root)
+    out = tmp_path / "target.fits"
+    argv = ["deconvolve-target", t.name, "--root", str(hsc_root), "--profile", "smoke", "--steps", "2",
+            "--samples", "2", "--prior-samples", "4", "--quiet", "-o", str(out)]
+    assert cli.main(argv, prior=test_prior) == 0, capsys.readouterr().err
+    with fits.open(out) as hdul:
+        h0 = hdul[0].header
+        assert -1 <= h0["HSTCORR"] <= 1 and h0["HSTFRAT"] > 0
+        assert h0["REDSHIFT"] == pytest.approx(t.z) and h0["WIN_N"] > 0
+        w = WCS(hdul["MEAN"].header).celestial
+        c = (get_profile("smoke").image_size - 1) / 2
+        ra, dec = w.pixel_to_world_values(c, c)
+        assert (float(ra), float(dec)) == pytest.approx((t.ra, t.dec), abs=1e-9)
+    assert cli.main(["deconvolve-target", "no-such-target", "--root", str(hsc_root), "-o", str(tmp_path / "x.fits")]) == 2
+    assert "unknown target 'no-such-target'" in capsys.readouterr().err

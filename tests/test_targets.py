@@ -256,3 +256,12 @@ def test_hst_agreement_of_hst_itself(present, hsc_root):
     assert zp == pytest.approx(25.936, abs=0.01)  # ACS/WFC F814W AB zero point (STScI)
     # the "reconstruction" is HST itself, so the flux ratio is 1 up to the resampling (2%)
     assert agr.flux_ratio * 10 ** (0.4 * (data.HSC_ZEROPOINT - zp)) == pytest.approx(1.0, rel=0.02)
+
+
+def test_missing_targets_are_named(hsc_root, capsys):
+    missing = data.missing_targets(hsc_root)
+    names = targets.present_targets(hsc_root)
+    out = capsys.readouterr().out
+    assert set(names) == set(data.list_targets(hsc_root))
+    for m in missing:
+        assert m in out and m not in names

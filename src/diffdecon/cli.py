@@ -353,12 +353,12 @@ def write_result(path: Path, result, prior, overwrite: bool = False, save_sample
     hdr["REDSHIFT"] = (pb.z, "redshift of the galaxy")
     hdr["PIXSCALE"] = (pb.pixel_scale_arcsec, "[arcsec/px] observation pixel scale")
     hdr["MPIXKPC"] = (P.pixel_scale_kpc, "[kpc/px] model pixel scale (proper)")
-    hdr["MOBS"] = (pb.m, "[obs px] observed size m(z,p) of the model field")
+    hdr["MOBS"] = (pb.m, "[obs px] model field size m(z,p)")
     hdr["UPSAMP"] = (pb.upsampling_factor, "upsampling factor image_size / m")
-    hdr["FLUXSCL"] = (pb.scale, "flux scale s: model flux = s * unstretch(x)")
+    hdr["FLUXSCL"] = (pb.scale, "model flux = FLUXSCL * unstretch(x)")
     for c, b in enumerate(P.bands):
         hdr[f"CHI2_{b.upper()}"] = (float(result.chi2[c]), f"reduced chi2 of A(mean), band {b}")
-        hdr[f"SIGMA_{b.upper()}"] = (float(pb.sigma[c]), f"noise sigma, band {b} [input flux/px]")
+        hdr[f"SIGMA_{b.upper()}"] = (float(pb.sigma[c]), f"[flux/px] noise sigma, band {b}")
         hdr[f"BKG_{b.upper()}"] = (float(pb.background[c]), f"background subtracted, band {b}")
     hdr["VRAPER"] = (result.variance_ratio_aperture, "mean variance ratio in the aperture")
     hdr["VRRAD"] = (P.aperture_radius_px, "[model px] aperture radius")
@@ -504,9 +504,9 @@ def cmd_deconvolve_target(args, prior=None) -> int:
         if hst is None:
             return {"HSTCMP": ("none", "no HST cutout for this target")}
         agr = targets.hst_agreement(result.mean, problem, hst, target=target)
-        return {"HSTCORR": (agr.correlation, "corr. of i-band mean with HST F814W"),
-                "HSTFRAT": (agr.flux_ratio, "flux ratio mean(i) / HST (AB zero points)"),
-                "HSTFWHM": (agr.fwhm_arcsec, "[arcsec] common Gaussian of the comparison")}
+        return {"HSTCORR": (agr.correlation, "corr. of mean(i) with HST"),
+                "HSTFRAT": (agr.flux_ratio, "flux ratio mean(i) / HST (AB)"),
+                "HSTFWHM": (agr.fwhm_arcsec, "[arcsec] common Gaussian FWHM")}
 
     return _sample_and_write(args, problem, _load_prior(args, prior), extra)
 
