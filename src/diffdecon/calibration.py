@@ -320,7 +320,12 @@ def tarp_coverage(samples, truths, references: str = "random", metric: str = "eu
     if bootstrap:
         ecp = np.asarray(ecp).mean(0)
     ecp, alpha = np.asarray(ecp), np.asarray(alpha)
-    return alpha, ecp, float(np.abs(ecp - alpha).max())
+    # tarp 0.1.1 histograms its coverage statistic f without range=(0, 1), so its alpha grid
+    # spans [min f, max f], not the credibility levels [0, 1] (visible with few simulations).
+    # ecp is the empirical CDF of f at those edges: put it back on [0, 1] (0 below, 1 above).
+    grid = np.linspace(0.0, 1.0, len(alpha))
+    ecp = np.interp(grid, alpha, ecp, left=0.0, right=1.0)
+    return grid, ecp, float(np.abs(ecp - grid).max())
 
 
 def interval_coverage(samples, truths, levels: Sequence[float] = (0.68, 0.95)) -> dict[float, float]:
