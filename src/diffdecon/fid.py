@@ -29,6 +29,7 @@ import torch
 
 from . import cache, paths
 from .config import Profile, get_profile
+from .prior import X0_RANGE
 
 FEATURE_LABEL = "galaxy-encoder features (not Inception)"
 """Label printed beside every FID computed with the default extractor."""
@@ -258,11 +259,8 @@ def galaxy_encoder(profile: Profile | str, dataset=None, steps: int | None = Non
 # --------------------------------------------------------------------------- FID of a prior
 
 
-X0_CLIP = (-1.0, 3.0)
-"""Range to which Tweedie's x0 is clipped in unconditional sampling [prior space]: x = -1 is
-zero flux (idealized images have none below), 3 is far above the brightest training pixel
-(about 1.8). Like improved DDPM's ``clip_denoised`` for [-1, 1] data, it keeps the first
-steps (where 1/sqrt(abar_t) reaches 2e4) of a barely trained model from diverging."""
+X0_CLIP = X0_RANGE
+"""Range to which Tweedie's x0 is clipped in unconditional sampling (:data:`diffdecon.prior.X0_RANGE`)."""
 
 
 def prior_samples(prior, n: int, seed: int, steps: int = 50, progress: bool = True) -> torch.Tensor:

@@ -33,6 +33,13 @@ from .config import Profile, get_profile
 # --------------------------------------------------------------------------- schedule
 
 
+X0_RANGE: tuple[float, float] = (-1.0, 3.0)
+"""Sanity range of Tweedie's x0 during sampling [prior space]: x = -1 is zero flux
+(idealized images have none below) and 3 is far above the brightest training pixel (about
+1.8), so the clip never binds on a plausible image; like improved DDPM's
+``clip_denoised`` it keeps the first steps, where 1/sqrt(abar_t) reaches 2e4, of an
+imperfect model from diverging (and the asinh inverse from overflowing)."""
+
 def cosine_alphas_cumprod(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """Cosine schedule of Nichol & Dhariwal (2021), eq. 17, as ``abar_t`` for ``t = 0..T-1``.
 

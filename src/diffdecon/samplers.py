@@ -499,7 +499,7 @@ def _cg(matvec, b: torch.Tensor, iters: int) -> torch.Tensor:
     return u
 
 
-def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5):
+def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=None):
     """Posterior denoiser of Moment Matching Posterior Sampling (Rozet et al. 2024).
 
     VP Tweedie covariance. With alpha_t = sqrt(abar_t), sigma_t^2 = 1 - abar_t and
@@ -522,7 +522,9 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5):
 
         x0_post = D + (sigma_t^2 / alpha_t) J^T A^T u = D + V_t A^T (Sigma_y + A V_t A^T)^-1 (y - forward(D)),
 
-    the Gaussian conditioning update. Returns (x0_post, D), both detached.
+    the Gaussian conditioning update. With ``x0_clip`` the denoiser D and x0_post are
+    clipped to that range (None, c or (lo, hi); default None). Returns (x0_post, D), both
+    detached.
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
@@ -530,7 +532,8 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5):
     c = (1.0 - a) / a**0.5  # sigma_t^2 / alpha_t
     x = x_t.detach().requires_grad_(True)
     with torch.enable_grad():
-        D = prior.x0_hat(x, _time_batch(t, x.shape[0], x.device))
+        # an optional sanity clip of D (zero Jacobian where it binds), see prior.X0_RANGE
+        D = _clip(prior.x0_hat(x, _time_batch(t, x.shape[0], x.device)), x0_clip)
         Dd = D.detach().requires_grad_(True)
         AD = forward(Dd)
         v0 = torch.zeros_like(AD, requires_grad=True)
@@ -550,7 +553,7 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5):
 
         r = y - AD.detach()
         u = _cg(matvec, r / sigma_y, cg_iters) / sigma_y  # (Sigma_y + A V A^T)^-1 r
-        x0_post = D.detach() + c * vjp_D(vjp_A(u))
+        x0_post = _clip(D.detach() + c * vjp_D(vjp_A(u)), x0_clip)
     return x0_post.detach(), D.detach()
 
 
@@ -568,6 +571,7 @@ def mmps(
     on_divergence: str = "raise",
     max_abs: float = 1e6,
     progress: bool = True,
+    x0_clip=None,
 ):
     """Moment Matching Posterior Sampling (Rozet et al. 2024) with DDIM steps.
 
@@ -579,7 +583,7 @@ def mmps(
 
     Parameters are those of :func:`dps` (``y`` and ``sigma_y`` in observation flux units,
     ``forward`` from prior space to observation flux), plus ``cg_iters`` conjugate-gradient
-    iterations per step and ``eta`` in [0, 1]. Returns ``(n, C, H, W)`` prior-space
+    iterations per step, ``eta`` in [0, 1] and ``x0_clip`` (see :func:`mmps_x0`). Returns ``(n, C, H, W)`` prior-space
     samples, or ``(x, valid)`` with ``on_divergence="mask"``.
     """
     if not isinstance(n, int) or n < 1:
@@ -598,7 +602,7 @@ def mmps(
     x = _randn((n, C, H, W), generator, dtype, device)
     div = _Divergence(n, on_divergence, "mmps", max_abs, device)
     for i, t in enumerate(tqdm(ts.tolist(), desc="mmps", disable=not progress, leave=False)):
-        x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters)
+        x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
         z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
         x = _ddim_step(x, x0_post, float(a_t[i]), float(a_prev[i]), z, eta)
         x = div.check(x, i, t)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import cache, data, paths, physics
 from .config import BANDS, HSC_PIXEL_SCALE, Profile, get_profile
-from .prior import unstretch
+from .prior import X0_RANGE, unstretch
 
 __all__ = [
     "DeconvolutionError",
@@ -510,6 +510,7 @@ def deconvolve(
     gens = _per_sample_generators(generator, n)
 
     fn = samplers.mmps if sampler == "mmps" else samplers.dps
+    sampler_kwargs.setdefault("x0_clip", X0_RANGE)  # sanity range of Tweedie's x0, see prior.X0_RANGE
     chunks = []
     t0 = time.perf_counter()
     starts = range(0, n, batch_size)
