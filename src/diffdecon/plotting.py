@@ -119,3 +119,149 @@ def galaxy_grid(images, ncols: int = 8, titles=None):
     fig.subplots_adjust(wspace=0.03, hspace=0.15 if titles is not None else 0.03)
     mark_synthetic(fig)
     return fig
+
+
+def _rgb_panel(ax, img, stretch: float, title: str | None = None) -> None:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ax.imshow(rgb(np.clip(to_numpy(img), 0, None), stretch=stretch), origin="lower", interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def deconvolution_figure(rows, source: str, profile: str):
+    """The paper's Figure 2: per mock, the observation y, the re-convolved posterior mean
+    A(x0), each method's estimate on the model grid and the idealized truth.
+
+    Parameters
+    ----------
+    rows : list of dicts with ``y`` (3, n, n) [flux/obs px], ``Ax`` (3, n, n) [flux/obs px],
+        ``estimates`` {label: (3, H, W)} [flux/model px] and ``truth`` (3, H, W), and
+        optionally ``title`` (str, e.g. the redshift).
+    source : where the PSF and noise came from (stamped on the figure).
+    Observation-grid panels share one stretch per row, model-grid panels another (their
+    pixel sizes differ).
+    """
+    if not rows:
+        raise ValueError("rows is empty; accepted: at least one mock")
+    labels = list(rows[0]["estimates"])
+    ncols = 3 + len(labels)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.75 * ncols, 1.85 * len(rows) + 0.3), squeeze=False)
+    for r, row in enumerate(rows):
+        s_obs, s_mod = auto_stretch(row["y"]), auto_stretch(row["truth"])
+        top = r == 0
+        _rgb_panel(axes[r, 0], row["y"], s_obs, "observation y" if top else None)
+        _rgb_panel(axes[r, 1], row["Ax"], s_obs, f"A(x0), {labels[0]}" if top else None)
+        for c, lab in enumerate(labels):
+            _rgb_panel(axes[r, 2 + c], row["estimates"][lab], s_mod, lab if top else None)
+        _rgb_panel(axes[r, -1], row["truth"], s_mod, "idealized truth" if top else None)
+        if row.get("title"):
+            axes[r, 0].set_ylabel(row["title"], fontsize=8)
+    fig.suptitle(f"Deconvolution of mock observations [profile {profile}]", fontsize=10)
+    fig.subplots_adjust(wspace=0.04, hspace=0.08)
+    mark_synthetic(fig, f"SYNTHETIC galaxies (GalSim), mock observations; PSF and noise: {source}")
+    return fig
+
+
+def residuals_figure(rows, profile: str, band: int = 2):
+    """The paper's Figure 3: per mock and method, the normalised data residual
+    (y - A(x_hat)) / sigma_y (observation grid) and the error x_hat - x_true (model grid, in
+    units of the truth's peak) in one band (default 2 = i).
+
+    ``rows``: list of dicts with ``residuals`` {label: (3, n, n) [sigma units]} and
+    ``errors`` {label: (3, H, W) [fraction of the truth's peak]}, optional ``title``.
+    """
+    if not rows:
+        raise ValueError("rows is empty; accepted: at least one mock")
+    labels = list(rows[0]["residuals"])
+    n = len(labels)
+    fig, axes = plt.subplots(len(rows), 2 * n, figsize=(1.6 * 2 * n + 0.8, 1.75 * len(rows) + 0.5), squeeze=False)
+    emax = max(float(np.abs(to_numpy(row["errors"][lab])[band]).max()) for row in rows for lab in labels) or 1.0
+    for r, row in enumerate(rows):
+        for c, lab in enumerate(labels):
+            a = axes[r, c]
+            im_r = a.imshow(to_numpy(row["residuals"][lab])[band], origin="lower", cmap="RdBu_r", vmin=-4, vmax=4)
+            b = axes[r, n + c]
+            im_e = b.imshow(to_numpy(row["errors"][lab])[band], origin="lower", cmap="PuOr_r", vmin=-emax, vmax=emax)
+            for ax in (a, b):
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if r == 0:
+                a.set_title(f"{lab}\n(y - A x)/$\\sigma_y$", fontsize=7)
+                b.set_title(f"{lab}\n(x - truth)/peak", fontsize=7)
+        if row.get("title"):
+            axes[r, 0].set_ylabel(row["title"], fontsize=8)
+    fig.colorbar(im_r, ax=axes[:, :n].ravel().tolist(), shrink=0.8, pad=0.01)
+    fig.colorbar(im_e, ax=axes[:, n:].ravel().tolist(), shrink=0.8, pad=0.01)
+    fig.suptitle(f"Residuals, band index {band} [profile {profile}]", fontsize=10)
+    mark_synthetic(fig, "SYNTHETIC galaxies (GalSim), mock observations")
+    return fig
+
+
+def tarp_figure(curves, profile: str):
+    """Expected coverage probability against credibility level (TARP), one line per sampler.
+
+    ``curves``: {label: (alpha, ecp)}. The diagonal is calibrated; below it over-confident.
+    """
+    fig, ax = plt.subplots(figsize=(3.8, 3.6))
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="calibrated")
+    for lab, (alpha, ecp) in curves.items():
+        ax.plot(to_numpy(alpha), to_numpy(ecp), lw=1.5, label=lab)
+    ax.set_xlabel("credibility level")
+    ax.set_ylabel("expected coverage")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"TARP coverage on mock observations [{profile}]", fontsize=9)
+    mark_synthetic(fig, "SYNTHETIC galaxies (GalSim), mock observations")
+    fig.tight_layout()
+    return fig
+
+
+def magnitude_sweep_figure(mags, truth, observed, mean, variance_ratio, snr, vr_aperture, profile: str, source: str):
+    """Appendix C: one galaxy at each magnitude (columns); rows idealized, observed,
+    posterior mean and the variance-ratio map. Each column is stretched by its own flux
+    (idealized and posterior mean share the idealized image's stretch), so that the
+    morphology stays comparable across magnitudes; the variance-ratio maps share one scale.
+
+    Arrays are indexed by magnitude first: ``truth``, ``mean`` (n, 3, H, W) [flux/model px],
+    ``observed`` (n, 3, h, w) [flux/obs px], ``variance_ratio`` (n, H, W); ``snr`` and
+    ``vr_aperture`` (n,).
+    """
+    n = len(mags)
+    fig, axes = plt.subplots(4, n, figsize=(1.7 * n + 0.6, 7.4), squeeze=False)
+    vmax = float(np.nanmax(to_numpy(variance_ratio)))
+    for k in range(n):
+        s_mod = auto_stretch(truth[k])
+        _rgb_panel(axes[0, k], truth[k], s_mod, f"mag {mags[k]:g}\nSNR {snr[k]:.1f}")
+        _rgb_panel(axes[1, k], observed[k], auto_stretch(observed[k]))
+        _rgb_panel(axes[2, k], mean[k], s_mod)
+        im = axes[3, k].imshow(to_numpy(variance_ratio[k]), origin="lower", cmap="magma", vmin=0, vmax=vmax)
+        axes[3, k].set_xticks([])
+        axes[3, k].set_yticks([])
+        axes[3, k].set_xlabel(f"ratio {vr_aperture[k]:.3f}", fontsize=8)
+    for r, lab in enumerate(["idealized", "observed", "posterior mean", "variance ratio"]):
+        axes[r, 0].set_ylabel(lab, fontsize=8)
+    fig.colorbar(im, ax=axes[3, :].ravel().tolist(), shrink=0.8, pad=0.01)
+    fig.suptitle(f"Magnitude sweep [profile {profile}]", fontsize=10)
+    mark_synthetic(fig, f"SYNTHETIC galaxy (GalSim); {source}")
+    return fig
+
+
+def variance_ratio_vs_magnitude_figure(mags, vr_mean, vr_std, published=None, single=None, profile: str = ""):
+    """Variance ratio in the aperture against magnitude: mean +- std over galaxies
+    (error bars), optionally one galaxy's curve (``single``) and the published values."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.4))
+    ax.errorbar(mags, vr_mean, yerr=vr_std, marker="o", capsize=3, label="mean $\\pm$ std over galaxies")
+    if single is not None:
+        ax.plot(mags, single, marker="s", ls=":", label="the single galaxy")
+    if published is not None:
+        ax.plot(mags, published, marker="^", ls="--", color="0.4", label="published (Table 2)")
+    ax.set_xlabel("total magnitude (i) [AB]")
+    ax.set_ylabel("variance ratio (aperture)")
+    ax.legend(fontsize=7)
+    ax.set_title(f"Variance ratio vs magnitude [{profile}]", fontsize=9)
+    mark_synthetic(fig, "SYNTHETIC galaxies (GalSim), mock observations")
+    fig.tight_layout()
+    return fig
