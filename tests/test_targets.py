@@ -265,3 +265,67 @@ def test_missing_targets_are_named(hsc_root, capsys):
     assert set(names) == set(data.list_targets(hsc_root))
     for m in missing:
         assert m in out and m not in names
+
+
+# ------------------------------------------------------------------ notebooks 03-04 helpers
+
+
+def test_upsampling_crossing():
+    # quick: 64 px of 0.6 kpc; the factor 64 / m reaches 2 where m(z, p) = 32 px
+    z2 = targets.upsampling_crossing("quick", 2.0)
+    assert physics.observed_size(z2, 64, 0.6) == pytest.approx(32.0, abs=1e-3)  # brentq xtol 1e-6 in z
+    assert targets.upsampling_crossing("quick", 1.5) < z2  # a lower factor is reached earlier
+    assert targets.upsampling_crossing("smoke", 2.0) is None  # 32 px of 1.2 kpc: factor < 1.2 up to z = 1.5
+    for bad in ({"factor": 0.0}, {"z_max": 3.0}, {"pixel_scale_arcsec": -1.0}):
+        with pytest.raises(ValueError):
+            targets.upsampling_crossing("quick", **bad)
+
+
+def _diverge(*args, **kwargs):
+    raise targets.DeconvolutionError("forced divergence (test)")
+
+
+def test_redshift_sweep_divergence_is_recorded(smoke_galaxy, smoke_gaussian_prior, monkeypatch, capsys):
+    ref = mock.gaussian_reference(0.7, 0.01, size=SMALL_PSF)
+    prior_x = torch.zeros(4, 3, 32, 32)
+    monkeypatch.setattr(targets, "deconvolve", _diverge)
+    with pytest.raises(targets.DeconvolutionError):
+        targets.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, prior_samples=prior_x,
+                               progress=False)
+    sw = targets.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref,
+                                prior_samples=prior_x, progress=False, on_divergence="nan")
+    assert np.isnan(sw.variance_ratio_aperture).all() and np.isnan(sw.chi2).all()
+    assert sw.results == [None, None] and np.all(np.isfinite(sw.m))
+    assert "DIVERGED" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="on_divergence"):
+        targets.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, on_divergence="skip")
+
+
+def test_analyse_target_real(present, hsc_root, smoke_gaussian_prior, monkeypatch):
+    """A real target end to end with the exact Gaussian test prior (smoke grid, 2 samples, 2
+    steps): table row, figure row and, for a target with HST, the HST agreement."""
+    prior_x = targets.cached_prior_samples(smoke_gaussian_prior, n=6, steps=5, method="ddpm", progress=False)
+    with_hst = [n for n in present if data.load_target(n, hsc_root).hst is not None]
+    name = with_hst[0] if with_hst else present[0]
+    t = data.load_target(name, hsc_root)
+    a = targets.analyse_target(t, smoke_gaussian_prior, n=2, steps=2, prior_samples=prior_x, progress=False,
+                               cg_iters=1)
+    assert a.error is None and a.result is not None and a.wall_time_s > 0
+    assert a.m == pytest.approx(a.problem.m) and a.upsampling_factor == pytest.approx(32 / a.m)
+    row = targets.analysis_table_rows([a])[0]
+    assert len(row) == 11 and row[0] == name.replace("_", r"\_") and row[1] == f"{t.z:.4f}"
+    if with_hst:
+        assert a.hst is not None and a.agreement is not None
+        assert row[9] == f"{a.agreement.correlation:.3f}"
+    else:
+        assert a.hst is None and row[9] == "no HST"
+    fr = a.figure_row()
+    assert fr["samples"].shape == (2, 3, 32, 32) and fr["error"] is None
+    # a diverged sampler is kept, not raised: "diverged" in the posterior columns
+    monkeypatch.setattr(targets, "deconvolve", _diverge)
+    d = targets.analyse_target(t, smoke_gaussian_prior, prior_samples=prior_x, progress=False)
+    assert d.result is None and "forced divergence" in d.error and d.agreement is None
+    drow = targets.analysis_table_rows([d])[0]
+    assert drow[5:9] == ["diverged"] * 4
+    assert drow[9] == ("diverged" if with_hst else "no HST")
+    assert "mean" not in d.figure_row()

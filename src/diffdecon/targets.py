@@ -53,6 +53,10 @@ __all__ = [
     "hst_agreement",
     "hst_ab_zeropoint",
     "redshift_sweep",
+    "upsampling_crossing",
+    "TargetAnalysis",
+    "analyse_target",
+    "analysis_table_rows",
 ]
 
 DEFAULT_MARGIN: int = 4
@@ -750,6 +754,7 @@ def redshift_sweep(
     seed: int = 0,
     prior_samples: torch.Tensor | None = None,
     progress: bool = True,
+    on_divergence: str = "raise",
     **sampler_kwargs: Any,
 ) -> SweepResult:
     """The same idealized galaxy observed at each redshift in ``zs`` (e.g. 0.1 to 1.0).
@@ -773,6 +778,10 @@ def redshift_sweep(
     sampler, n, steps, sampler_kwargs : see :func:`deconvolve`.
     seed : int
         Seeds the noise of mock i with ``seed + i`` and its posterior with ``seed + 1000 + i``.
+    on_divergence : {"raise", "nan"}
+        What a diverged sampler (``SamplerDivergenceError`` or :class:`DeconvolutionError`)
+        does: ``"raise"`` (default) re-raises; ``"nan"`` prints it, records NaN variance
+        ratio and chi^2 at that z (``results`` holds None there) and goes on.
 
     Returns
     -------
@@ -780,7 +789,11 @@ def redshift_sweep(
     """
     from . import mock as mock_mod
 
+    from .samplers import SamplerDivergenceError
+
     P = get_profile(profile)
+    if on_divergence not in ("raise", "nan"):
+        raise ValueError(f"on_divergence={on_divergence!r}; accepted: 'raise' or 'nan'")
     zs = [float(z) for z in zs]
     if not zs:
         raise ValueError("zs is empty; accepted: at least one redshift > 0")
@@ -799,11 +812,166 @@ def redshift_sweep(
         g = torch.Generator().manual_seed(seed + i)
         mk = mock_mod.make_mock(f, z, P, reference, g)
         prob = from_mock(mk, P)
-        res = deconvolve(prob, prior, sampler=sampler, n=n, steps=steps, generator=seed + 1000 + i,
-                         prior_samples=prior_samples, progress=progress, **sampler_kwargs)
+        try:
+            res = deconvolve(prob, prior, sampler=sampler, n=n, steps=steps, generator=seed + 1000 + i,
+                             prior_samples=prior_samples, progress=progress, **sampler_kwargs)
+        except (SamplerDivergenceError, DeconvolutionError) as err:
+            if on_divergence == "raise":
+                raise
+            print(f"[diffdecon] redshift sweep z = {z:g}: {sampler} DIVERGED ({err}); recorded as NaN")
+            rows.append((z, prob.m, prob.upsampling_factor, float("nan"), np.full(len(P.bands), np.nan), prob.scale))
+            results.append(None)
+            continue
         rows.append((z, prob.m, prob.upsampling_factor, res.variance_ratio_aperture, res.chi2, prob.scale))
         results.append(res)
     z_, m_, u_, v_, c_, s_ = zip(*rows)
     return SweepResult(z=np.array(z_), m=np.array(m_), upsampling_factor=np.array(u_),
                        variance_ratio_aperture=np.array(v_), chi2=np.stack(c_), flux_scale=np.array(s_),
                        dimming=dimming, results=results)
+
+
+def upsampling_crossing(profile: Profile | str, factor: float = 2.0, pixel_scale_arcsec: float = HSC_PIXEL_SCALE,
+                        z_max: float = 1.5) -> float | None:
+    """Redshift at which the upsampling factor ``image_size / m(z, p)`` reaches ``factor``.
+
+    m(z, p) = N s_kpc arcsec_per_kpc(z) / p (:func:`physics.observed_size`) falls with z up
+    to z ~ 1.6, so the factor rises monotonically on (0, ``z_max``] for ``z_max`` <= 1.5;
+    the crossing is found by bisection (``scipy.optimize.brentq``, xtol 1e-6). Returns None
+    when the factor stays below ``factor`` up to ``z_max`` (e.g. the coarse smoke grid) or
+    is already above it at z = 0.01.
+
+    Parameters
+    ----------
+    profile : Profile or str
+    factor : float
+        Upsampling factor (> 0; the paper's hallucination threshold is about 2).
+    pixel_scale_arcsec : float
+        Observation pixel scale p [arcsec/px].
+    z_max : float
+        Upper end of the search (0.01 < z_max <= 1.5).
+    """
+    from scipy.optimize import brentq
+
+    P = get_profile(profile)
+    if not (isinstance(factor, (int, float)) and factor > 0):
+        raise ValueError(f"factor={factor!r}; accepted: an upsampling factor > 0")
+    if not 0.01 < z_max <= 1.5:
+        raise ValueError(f"z_max={z_max!r}; accepted: 0.01 < z_max <= 1.5 (m(z, p) is monotonic there)")
+    if not pixel_scale_arcsec > 0:
+        raise ValueError(f"pixel_scale_arcsec={pixel_scale_arcsec!r}; accepted: > 0 [arcsec/px]")
+
+    def excess(z: float) -> float:  # image_size / m(z, p) - factor
+        m = P.image_size * P.pixel_scale_kpc * physics.arcsec_per_kpc(z) / pixel_scale_arcsec
+        return P.image_size / m - factor
+
+    lo, hi = 0.01, float(z_max)
+    if excess(lo) >= 0 or excess(hi) < 0:
+        return None
+    return float(brentq(excess, lo, hi, xtol=1e-6))
+
+
+@dataclass
+class TargetAnalysis:
+    """One real target deconvolved and compared with HST (:func:`analyse_target`).
+
+    Attributes
+    ----------
+    name : str
+    z, i_mag : catalogue redshift and i-band Kron magnitude [AB].
+    m, upsampling_factor : m(z, p) [HSC px] and ``image_size / m``.
+    problem : InverseProblem
+    result : PosteriorResult or None (None when the sampler diverged).
+    error : str or None
+        The divergence message when ``result`` is None.
+    hst : ndarray (n, n) or None
+        HST resampled onto the window [HST units per HSC px] (NaN where not covered), None
+        when the target has no HST cutout.
+    agreement : HSTAgreement or None
+        Posterior mean vs HST (None without HST or without a posterior).
+    wall_time_s : float
+        Wall time of the whole analysis: preparation, sampling, HST [s].
+    """
+
+    name: str
+    z: float
+    i_mag: float
+    m: float
+    upsampling_factor: float
+    problem: InverseProblem
+    result: PosteriorResult | None
+    error: str | None
+    hst: np.ndarray | None
+    agreement: HSTAgreement | None
+    wall_time_s: float
+
+    def figure_row(self, n_single: int = 2) -> dict[str, Any]:
+        """Arrays for :func:`diffdecon.plotting.hsc_target_figure`: ``y`` (3, n, n)
+        [flux/HSC px]; when sampled, ``mean``, ``std`` (3, H, W) and ``samples``
+        (``n_single``, 3, H, W) [flux/model px], ``variance_ratio`` (H, W) and its aperture
+        value; ``hst`` or None; ``error``; a ``title``."""
+        row: dict[str, Any] = {"title": f"{self.name}\nz = {self.z:.3f}, i = {self.i_mag:.2f}",
+                               "y": self.problem.y, "hst": self.hst, "error": self.error,
+                               "aperture_radius_px": self.problem.profile.aperture_radius_px}
+        if self.result is not None:
+            r = self.result
+            row.update(mean=r.mean, std=r.std, samples=r.flux_samples[:n_single], variance_ratio=r.variance_ratio,
+                       variance_ratio_aperture=r.variance_ratio_aperture)
+        return row
+
+
+def analyse_target(target: data.HSCTarget, prior, *, sampler: str = "mmps", n: int | None = None,
+                   steps: int | None = None, prior_samples: torch.Tensor | None = None,
+                   progress: bool = True, **sampler_kwargs: Any) -> TargetAnalysis:
+    """Prepare, deconvolve and compare with HST one real target (Figures 4-9 of the paper).
+
+    Runs :func:`prepare_target`, :func:`deconvolve` (``sampler``, ``n``, ``steps``,
+    ``sampler_kwargs`` as there) and, when the target has an HST cutout,
+    :func:`hst_on_hsc_grid` and :func:`hst_agreement` of the posterior mean. A diverged
+    sampler (``SamplerDivergenceError`` or :class:`DeconvolutionError`) is not raised: it is
+    printed and kept in ``error``, and the target's ``result`` is None, so a notebook can go
+    on and report it. Any other error propagates.
+    """
+    from .samplers import SamplerDivergenceError
+
+    t0 = time.perf_counter()
+    problem = prepare_target(target, prior.profile)
+    result, error = None, None
+    try:
+        result = deconvolve(problem, prior, sampler=sampler, n=n, steps=steps, prior_samples=prior_samples,
+                            progress=progress, **sampler_kwargs)
+    except (SamplerDivergenceError, DeconvolutionError) as err:
+        error = f"{sampler} diverged: {err}"
+        print(f"[diffdecon] {target.name}: {error}")
+    hst, agreement = None, None
+    resampled = hst_on_hsc_grid(target, problem)
+    if resampled is not None:
+        hst = resampled[0]
+        if result is not None:
+            agreement = hst_agreement(result.mean, problem, resampled, target)
+    return TargetAnalysis(name=target.name, z=float(target.z), i_mag=float(target.i_mag), m=problem.m,
+                          upsampling_factor=problem.upsampling_factor, problem=problem, result=result,
+                          error=error, hst=hst, agreement=agreement, wall_time_s=time.perf_counter() - t0)
+
+
+def analysis_table_rows(analyses: Sequence[TargetAnalysis]) -> list[list[str]]:
+    """Rows of the targets' table (LaTeX-ready strings): target, z, i mag, m(z, p) [HSC px],
+    upsampling factor, reduced chi^2 per band g, r, i of A(posterior mean) against y, the
+    aperture variance ratio, the HST correlation (``no HST`` without a cutout) and the wall
+    time [s]. A diverged sampler shows ``diverged`` in the posterior columns."""
+    from .manuscript import latex_escape
+
+    rows = []
+    for a in analyses:
+        row = [latex_escape(a.name), f"{a.z:.4f}", f"{a.i_mag:.2f}", f"{a.m:.1f}", f"{a.upsampling_factor:.2f}"]
+        if a.result is None:
+            row += ["diverged"] * 4
+        else:
+            row += [f"{c:.2f}" if abs(c) < 1e4 else f"{c:.2e}" for c in a.result.chi2]
+            row += [f"{a.result.variance_ratio_aperture:.3f}"]
+        if a.hst is None:
+            row.append("no HST")
+        else:
+            row.append("diverged" if a.agreement is None else f"{a.agreement.correlation:.3f}")
+        row.append(f"{a.wall_time_s:.1f}")
+        rows.append(row)
+    return rows
