@@ -145,12 +145,13 @@ labels = {m: validation.LABELS[m] for m in val.estimates}
 rows, res_rows = [], []
 for i, prob in enumerate(val.problems[:3]):
     with torch.no_grad():
-        Ax = {m: prob.operator.A(val.estimates[m][i][None].to(prob.y.dtype))[0] for m in val.estimates}
+        Ax = {m: prob.operator.A(val.estimates[m][i][None].double())[0] for m in val.estimates}
     peak = float(prob.truth.max())
     rows.append({"y": prob.y, "Ax": Ax["mmps"], "truth": prob.truth, "title": f"z = {prob.z:.3f}",
                  "estimates": {labels[m]: val.estimates[m][i] for m in val.estimates}})
     res_rows.append({"title": f"z = {prob.z:.3f}",
-                     "residuals": {labels[m]: (prob.y - Ax[m]) / prob.sigma[:, None, None] for m in val.estimates},
+                     "residuals": {labels[m]: (prob.y.double() - Ax[m]) / prob.sigma.double()[:, None, None]
+                                   for m in val.estimates},
                      "errors": {labels[m]: (val.estimates[m][i] - prob.truth.double()) / peak for m in val.estimates}})
 _ = plotting.save_figure(plotting.deconvolution_figure(rows, reference.source, P.name), "fig2_deconvolution")
 _ = plotting.save_figure(plotting.residuals_figure(res_rows, P.name), "fig3_residuals")

@@ -64,8 +64,8 @@ print(f"{stats['n_galaxies']} galaxies: variance ratio {np.round(stats['vr_mean'
 # %%
 rows = []
 for k, m in enumerate(single.mags):
-    rows.append([f"{m:g}", sweeps.PUBLISHED_SNR[k], single.snr[k], sweeps.PUBLISHED_VARIANCE_RATIO[k],
-                 single.variance_ratio_aperture[k],
+    rows.append([f"{m:g}", f"{sweeps.PUBLISHED_SNR[k]:.1f}", f"{single.snr[k]:.1f}",
+                 f"{sweeps.PUBLISHED_VARIANCE_RATIO[k]:.4f}", f"{single.variance_ratio_aperture[k]:.4f}",
                  f"{stats['vr_mean'][k]:.4f} $\\pm$ {stats['vr_std'][k]:.4f}"])
 caption = (f"The same synthetic galaxy at total (i) magnitudes 18 to 23 (Gaussian PSF, FWHM "
            f"{sweeps.PSF_FWHM_ARCSEC}'', HSC noise): SNR and aperture variance ratio, published and here "

@@ -21,6 +21,7 @@ observation pixel (``mag = 27 - 2.5 log10 F``), as everywhere (``docs/design.md`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -176,13 +177,21 @@ def score_estimate(truth, estimate, y, operator, sigma) -> dict[str, float]:
     ``A(estimate)`` against ``y``, dof = number of observed pixels).
     """
     t, e = _np64(truth), _np64(estimate)
-    buf = operator.R_y
-    with torch.no_grad():
-        Ae = operator.A(torch.as_tensor(e, dtype=buf.dtype)[None])[0]
+    with torch.no_grad():  # float64: the operator then uses its float64 masters (no float32 overflow)
+        Ae = operator.A(torch.as_tensor(e, dtype=torch.float64)[None])[0]
     side = min(t.shape[-2:])
     win = 7 if side >= 7 else (side if side % 2 else side - 1)
+    with np.errstate(over="ignore"):
+        mse_finite = bool(np.isfinite(np.mean((t - e) ** 2)))
+    # a diverged estimate overflows inside SSIM and chi^2: the inf / nan it gets is the message
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _scores(t, e, Ae, y, sigma, win, mse_finite)
+
+
+def _scores(t, e, Ae, y, sigma, win, mse_finite) -> dict[str, float]:
     return {
-        "psnr": metrics.psnr(t, e),
+        # a diverged estimate whose squared error overflows float64 has PSNR -inf
+        "psnr": metrics.psnr(t, e) if mse_finite else -math.inf,
         "ssim": metrics.ssim(t, e, win_size=win),
         "flux_error": float(metrics.flux_error(t, e)),
         "chi2": metrics.reduced_chi2(_np64(y), _np64(Ae), _np64(sigma)),
@@ -210,7 +219,7 @@ def baseline_estimates(problem, rl_iters: int = 30, wiener_balance: float = 0.1)
     out = {}
     for name, img in (("richardson_lucy", baselines.richardson_lucy(y, psfs, num_iter=rl_iters)),
                       ("wiener", baselines.wiener(y, psfs, wiener_balance))):
-        out[name] = baselines.to_model_grid(torch.as_tensor(img, dtype=op.R_y.dtype), op).double()
+        out[name] = baselines.to_model_grid(torch.as_tensor(img, dtype=torch.float64), op)
     return out
 
 
@@ -322,9 +331,13 @@ def metrics_rows(val: MockValidation) -> list[list[str]]:
     """Table rows ``[method, PSNR, SSIM, flux error, chi^2]``, each ``mean $\\pm$ std`` over
     the mock set (std with ddof = 1; 0 for a single mock)."""
 
+    def f(v: float, fmt: str) -> str:  # diverged estimates give huge values: keep them short
+        return fmt.format(v) if not np.isfinite(v) or abs(v) < 1e4 else f"{v:.2g}"
+
     def pm(a: np.ndarray, fmt: str) -> str:
-        s = float(np.std(a, ddof=1)) if a.size > 1 else 0.0
-        return f"{fmt.format(float(np.mean(a)))} $\\pm$ {fmt.format(s)}"
+        with np.errstate(all="ignore"):
+            m, s = float(np.mean(a)), float(np.std(a, ddof=1)) if a.size > 1 else 0.0
+        return f"{f(m, fmt)} $\\pm$ {f(s, fmt)}"
 
     rows = []
     for m, sc in val.scores.items():
@@ -361,17 +374,22 @@ def calibration_summary(results: Sequence, levels: Sequence[float] = (0.68, 0.95
     S = torch.stack([r.flux_samples.double() / r.problem.scale for r in results], 1)  # (n, sims, C, H, W)
     T = torch.stack([r.problem.truth.double() / r.problem.scale for r in results])  # (sims, C, H, W)
     # one credibility bin per mock: the ECP curve is then the empirical CDF of TARP's f statistic
-    alpha, ecp, dev = calibration.tarp_coverage(S.flatten(2), T.flatten(1), seed=seed, num_alpha_bins=S.shape[1])
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged samples: inf distances, flagged by the result
+        alpha, ecp, dev = calibration.tarp_coverage(S.flatten(2), T.flatten(1), seed=seed, num_alpha_bins=S.shape[1])
     cov = calibration.interval_coverage(S, T, levels)
     chi = []
     for r in results:
         op = r.problem.operator
         with torch.no_grad():
-            pred = op.A(r.flux_samples.to(op.R_y.dtype))
-        chi.append(np.mean([metrics.reduced_chi2(_np64(r.problem.y), _np64(p), _np64(r.problem.sigma)) for p in pred]))
+            pred = op.A(r.flux_samples.double())
+        with np.errstate(over="ignore", invalid="ignore"):
+            chi.append(np.mean([metrics.reduced_chi2(_np64(r.problem.y), _np64(p), _np64(r.problem.sigma))
+                                for p in pred]))
     chi = np.array(chi)
+    with np.errstate(over="ignore", invalid="ignore"):
+        chi_std = float(chi.std(ddof=1)) if chi.size > 1 else 0.0
     return {"alpha": alpha, "ecp": ecp, "tarp_max_dev": dev, "coverage": cov,
-            "chi2_samples": float(chi.mean()), "chi2_samples_std": float(chi.std(ddof=1)) if chi.size > 1 else 0.0}
+            "chi2_samples": float(chi.mean()), "chi2_samples_std": chi_std}
 
 
 def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: int = 100, cg_iters: int = 5,
