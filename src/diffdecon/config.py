@@ -71,6 +71,8 @@ class Profile:
         Steps between checkpoints.
     sampling_steps : int
         Steps of the posterior samplers (DPS as published uses ``diffusion_steps``).
+    cg_iters : int
+        Conjugate-gradient iterations per MMPS step (each costs about two UNet passes).
     n_posterior, n_prior : int
         Posterior samples per target (paper: 256) and unconditional prior samples for
         the variance ratio (paper: 1024).
@@ -97,6 +99,7 @@ class Profile:
     n_prior: int
     n_mock: int
     diffusion_steps: int = 1000
+    cg_iters: int = 5
     bands: tuple[str, ...] = BANDS
     asinh_a: float = 0.01
     lr: float = 1e-4
@@ -142,6 +145,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=16,
         checkpoint_every=20,
         sampling_steps=10,
+        cg_iters=1,
         n_posterior=4,
         n_prior=8,
         n_mock=2,
@@ -165,9 +169,11 @@ PROFILES: dict[str, Profile] = {
         batch_size=16,
         checkpoint_every=100,
         # Posterior sampling dominates the notebooks' CPU time (a UNet pass with its VJP
-        # per sample and step, several for MMPS): 50 steps, 16 samples per target, 64
-        # prior samples and 8 mock observations keep `make paper` under an hour.
-        sampling_steps=50,
+        # per sample and step, 1 + 2 * (cg_iters + 1) passes for MMPS): 20 steps with 2 CG
+        # iterations, 16 samples per target, 64 prior samples and 8 mock observations keep
+        # `make paper` near an hour.
+        sampling_steps=20,
+        cg_iters=2,
         n_posterior=16,
         n_prior=64,
         n_mock=8,

@@ -515,6 +515,8 @@ def deconvolve(
 
     fn = samplers.mmps if sampler == "mmps" else samplers.dps
     sampler_kwargs.setdefault("x0_clip", X0_RANGE)  # sanity range of Tweedie's x0, see prior.X0_RANGE
+    if sampler == "mmps":
+        sampler_kwargs.setdefault("cg_iters", P.cg_iters)
     chunks = []
     t0 = time.perf_counter()
     starts = range(0, n, batch_size)

@@ -59,7 +59,7 @@ LOG_FILE = "train_log.csv"
 LOG_FIELDS = ("step", "loss", "ema_decay", "shift", "elapsed_s", "images_per_s")
 
 
-INFERENCE_FIELDS: tuple[str, ...] = ("sampling_steps", "n_posterior", "n_prior", "n_mock")
+INFERENCE_FIELDS: tuple[str, ...] = ("sampling_steps", "cg_iters", "n_posterior", "n_prior", "n_mock")
 """Profile fields that are recorded in a checkpoint but not compared: they size posterior
 sampling, not training, so changing them keeps the trained weights valid."""
 
