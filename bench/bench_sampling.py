@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Posterior sampling speed and quality: the published loop against batched DPS and MMPS.
 
-    python bench/bench_sampling.py [--profile auto|quick|smoke] [--loop-samples 2] [--n 16]
-                                   [--dps-steps 100] [--mmps-steps 25] [--cg-iters 2] [--threads 2]
+    python bench/bench_sampling.py [--profile auto|quick|smoke] [--loop-samples 2] [--n N]
+                                   [--dps-steps S] [--mmps-steps S] [--cg-iters K] [--threads 2]
+
+(defaults of --n, --dps-steps, --mmps-steps, --cg-iters: the notebooks' budget,
+``diffdecon.validation.sampler_settings`` of the profile)
 
 One fixed mock observation (the first held-out synthetic galaxy at z = 0.21677, HSC PSF and
 noise; ``diffdecon.validation.mock_set``) is inverted three ways, in one run:
@@ -12,6 +15,7 @@ noise; ``diffdecon.validation.mock_set``) is inverted three ways, in one run:
   squared norm). It is slow on a CPU, so only ``--loop-samples`` samples are drawn (a
   rate measured on few samples; said so in the output).
 * ``dps_batched``: the same DPS, all ``--n`` samples in one batch, ``--dps-steps`` (<= 100) steps.
+  Batches use one generator per sample, so each sample is the same whatever the batch.
 * ``mmps_batched``: MMPS, ``--n`` samples in one batch, ``--mmps-steps`` (<= 100) steps,
   ``--cg-iters`` CG iterations.
 
@@ -125,18 +129,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto", choices=["auto", "quick", "smoke"])
     parser.add_argument("--loop-samples", type=int, default=2, help="samples of the published loop (slow)")
-    parser.add_argument("--n", type=int, default=16, help="samples of the batched samplers (one batch)")
-    parser.add_argument("--dps-steps", type=int, default=100)
-    parser.add_argument("--mmps-steps", type=int, default=25)
-    parser.add_argument("--cg-iters", type=int, default=2)
+    parser.add_argument("--n", type=int, default=None,
+                        help="samples of the batched samplers, one batch (default: validation.sampler_settings)")
+    parser.add_argument("--dps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
+    parser.add_argument("--mmps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
+    parser.add_argument("--cg-iters", type=int, default=None, help="default: validation.sampler_settings")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default results/bench_sampling.json")
     args = parser.parse_args(argv)
-    for k in ("loop_samples", "n", "dps_steps", "mmps_steps", "cg_iters", "threads"):
-        if getattr(args, k) < 1:
-            parser.error(f"--{k.replace('_', '-')}={getattr(args, k)}: expected a positive int")
-    if args.dps_steps > 100 or args.mmps_steps > 100:
-        parser.error("the batched samplers are benchmarked at <= 100 steps")
 
     import torch
 
@@ -145,6 +145,16 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     P, prior, note = _load(args.profile)
+    st = validation.sampler_settings(P)  # the notebooks' budget
+    args.n = st.n if args.n is None else args.n
+    args.dps_steps = min(st.dps_steps, 100) if args.dps_steps is None else args.dps_steps
+    args.mmps_steps = st.mmps_steps if args.mmps_steps is None else args.mmps_steps
+    args.cg_iters = st.cg_iters if args.cg_iters is None else args.cg_iters
+    for k in ("loop_samples", "n", "dps_steps", "mmps_steps", "cg_iters", "threads"):
+        if getattr(args, k) < 1:
+            parser.error(f"--{k.replace('_', '-')}={getattr(args, k)}: expected a positive int")
+    if args.dps_steps > 100 or args.mmps_steps > 100:
+        parser.error("the batched samplers are benchmarked at <= 100 steps")
     T = int(prior.schedule.alphas_cumprod.numel())
     mk = validation.mock_set(P, mock.hsc_reference(), n=1, redshifts=(0.21677,))[0]
     problem = targets.from_mock(mk, prior)

@@ -97,9 +97,12 @@ def sampler_settings(profile: Profile | str) -> SamplerSettings:
 
     * ``paper``: ``n_posterior`` samples, MMPS 100 steps (5 CG iterations), DPS with all
       ``diffusion_steps`` (1000) as published.
-    * ``quick`` (a 2-core CPU): ``n_posterior`` samples, MMPS 20 steps x 2 CG iterations
-      (about 7 UNet forward-equivalents per step), DPS ``sampling_steps`` steps: 1000-step
-      DPS on every mock would take hours on the CPU (``bench/bench_sampling.py`` measures it).
+    * ``quick`` (a 2-core CPU): ``n_posterior`` samples, MMPS 15 steps x 1 CG iteration
+      (one forward and two VJPs of the UNet per step: about 5 forward-equivalents), DPS
+      ``sampling_steps`` steps. Measured on the shared 2-core machine (1 thread, training
+      running): a batch-16 forward + VJP of the quick UNet takes 2.8 s, a batch-1 one 0.18 s,
+      so 1000-step DPS costs about 3 minutes per sample and is out of reach for every mock
+      (``bench/bench_sampling.py`` measures it).
     * ``smoke``: a handful of steps; numbers mean nothing.
     """
     P = get_profile(profile)
@@ -107,8 +110,8 @@ def sampler_settings(profile: Profile | str) -> SamplerSettings:
         return SamplerSettings(P.n_posterior, min(100, P.sampling_steps), 5, P.diffusion_steps,
                                note="as published (DPS 1000 steps)")
     if P.name == "quick":
-        return SamplerSettings(P.n_posterior, min(20, P.sampling_steps), 2, P.sampling_steps,
-                               note=f"CPU budget: {P.n_posterior} samples, MMPS {min(20, P.sampling_steps)} steps, "
+        return SamplerSettings(P.n_posterior, min(15, P.sampling_steps), 1, P.sampling_steps,
+                               note=f"CPU budget: {P.n_posterior} samples, MMPS {min(15, P.sampling_steps)} steps, "
                                     f"DPS {P.sampling_steps} steps (published 1000)")
     return SamplerSettings(P.n_posterior, P.sampling_steps, 2, P.sampling_steps,
                            note="smoke profile: numbers mean nothing")
