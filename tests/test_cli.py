@@ -216,10 +216,12 @@ def test_output_exists_refused_before_work(obs_files, capsys, tmp_path):
     assert out.read_bytes() == b"keep me"
 
 
-def test_untrained_checkpoint_fails_cleanly(obs_files, capsys, tmp_path, monkeypatch):
-    """A checkpoint file loaded through load_prior: an untrained smoke UNet's samples diverge
-    (its Tweedie estimate at t = T-1 is amplified by 1/sqrt(abar) ~ 2e4), which must end in
-    one error line and no output file, not a traceback or a file of NaNs."""
+def test_untrained_checkpoint_warns_and_divergence_fails_cleanly(obs_files, capsys, tmp_path, monkeypatch):
+    """A checkpoint file loaded through load_prior: an untrained smoke UNet gives samples
+    that do not fit the data (the x0 sanity clip keeps them finite), which the command
+    must say; a sampler divergence must end in one error line and no output file, not a
+    traceback or a file of NaNs."""
+    from diffdecon import samplers
     from diffdecon.prior import DiffusionPrior
 
     monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
@@ -229,7 +231,16 @@ def test_untrained_checkpoint_fails_cleanly(obs_files, capsys, tmp_path, monkeyp
     out = tmp_path / "out.fits"
     rc = cli.main(_args(obs_files, out, "--redshift", str(Z), "--checkpoint", str(ckpt)))
     err = capsys.readouterr().err
-    assert rc == 2 and "diffdecon: error:" in err, err
+    assert rc == 0 and out.exists() and "warning: reduced chi2 above" in err, err
+    out.unlink()
+
+    def diverging(*args, **kwargs):
+        raise samplers.SamplerDivergenceError(3, 899, 2, 2, "mmps")
+
+    monkeypatch.setattr(samplers, "mmps", diverging)
+    rc = cli.main(_args(obs_files, out, "--redshift", str(Z), "--checkpoint", str(ckpt)))
+    err = capsys.readouterr().err
+    assert rc == 2 and "diffdecon: error: sampling failed" in err and "non-finite" in err, err
     _no_leftovers(tmp_path, out)
     # a checkpoint that does not exist
     rc = cli.main(_args(obs_files, out, "--redshift", str(Z), "--checkpoint", str(tmp_path / "nope.pt")))

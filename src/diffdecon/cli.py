@@ -67,6 +67,11 @@ class CLIError(Exception):
 # --------------------------------------------------------------------------- parsing
 
 
+CHI2_WARNING: float = 10.0
+"""A reduced chi^2 of A(posterior mean) against the data above this in any band is reported
+as a warning (1 is a fit at the noise level)."""
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -445,6 +450,10 @@ def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
     print(f"[diffdecon] wrote {args.output} ({result.n} samples, {result.wall_time_s:.1f} s; reduced chi2 {chi2}; "
           f"variance ratio in r={problem.profile.aperture_radius_px:g} px: {result.variance_ratio_aperture:.4f})",
           file=sys.stderr)
+    if max(result.chi2) > CHI2_WARNING:
+        print(f"[diffdecon] warning: reduced chi2 above {CHI2_WARNING:g}: the posterior mean does not explain the "
+              "data (an untrained or mismatched checkpoint, a wrong redshift or PSF, or a neighbour in the window?)",
+              file=sys.stderr)
     return 0
 
 
