@@ -76,6 +76,32 @@ def test_x0_hat_inverts_forward_noising_with_exact_eps(generator):
     torch.testing.assert_close(prior.x0_hat(x_t, t, eps=eps), x0, rtol=0, atol=1e-10)
 
 
+def test_v_prediction_recovers_x0_and_eps_at_every_t(generator):
+    """With a network that returns the exact v, x0_hat and eps are exact even at t = T - 1."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    prof = dataclasses.replace(SMOKE, prediction="v")
+    x0 = torch.rand(4, 3, 32, 32, generator=generator, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0, 500, 980, 999])
+    holder = {}
+
+    class ExactV(torch.nn.Module):
+        def forward(self, x_t, tt):
+            a = holder["prior"].schedule.abar(tt, x_t)
+            return SimpleNamespace(sample=a.sqrt() * eps - (1 - a).sqrt() * x0)  # v, eq. 9
+
+    prior = DiffusionPrior(prof, unet=ExactV())
+    holder["prior"] = prior
+    x_t = prior.schedule.q_sample(x0, t, eps)
+    # float64, no division by sqrt(abar) (4.9e-5 at t = 999): errors ~1e-15.
+    torch.testing.assert_close(prior.x0_hat(x_t, t), x0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(prior.eps(x_t, t), eps, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="accepted values epsilon, v"):
+        dataclasses.replace(SMOKE, prediction="x0")
+
+
 def test_score_and_x0_hat_consistent_with_network(generator):
     prior = DiffusionPrior(SMOKE).eval()
     x = torch.randn(2, 3, 32, 32, generator=generator)

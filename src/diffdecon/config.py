@@ -35,6 +35,10 @@ HSC_PIXEL_SCALE: float = 0.168
 """HSC pixel scale [arcsec/px] (the paper rounds it to 0.17)."""
 
 
+PREDICTIONS: tuple[str, ...] = ("epsilon", "v")
+"""Accepted values of :attr:`Profile.prediction`."""
+
+
 @dataclass(frozen=True)
 class Profile:
     """Sizes of everything for one profile.
@@ -62,6 +66,17 @@ class Profile:
         UNet size (diffusers ``UNet2DModel``); attention at these feature-map sides [px].
     diffusion_steps : int
         Number of steps T of the (cosine) noise schedule.
+    prediction : str
+        What the network predicts: ``"epsilon"`` (the noise, as published) or ``"v"``
+        (``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0``, Salimans & Ho 2022). The two
+        define the same denoiser, but with epsilon Tweedie's ``x0_hat`` divides the
+        network's error by ``sqrt(abar_t)``, 4.9e-5 at ``t = T - 1`` under the cosine
+        schedule: the first sampling steps then see noise amplified 2e4 times, which the
+        x0 clip turns into a bright, uniform background on images whose sky is exactly
+        ``x = -1`` (measured on the quick model: sample corners at ``x`` from -0.4 to
+        +2.6 instead of -1). ``v`` gives ``x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v``,
+        well conditioned at every ``t``. ``smoke`` and ``quick`` use ``v``; ``paper`` keeps
+        the published epsilon.
     dataset_size : int
         Number of synthetic idealized galaxies in the training set.
     train_steps, batch_size, lr, ema_decay, max_shift_px :
@@ -99,6 +114,7 @@ class Profile:
     n_prior: int
     n_mock: int
     diffusion_steps: int = 1000
+    prediction: str = "epsilon"
     cg_iters: int = 5
     bands: tuple[str, ...] = BANDS
     asinh_a: float = 0.01
@@ -107,6 +123,10 @@ class Profile:
     max_shift_px: int = 0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={self.prediction!r}: accepted values {', '.join(PREDICTIONS)}")
 
     @property
     def field_of_view_kpc(self) -> float:
@@ -150,6 +170,7 @@ PROFILES: dict[str, Profile] = {
         n_prior=8,
         n_mock=2,
         max_shift_px=1,
+        prediction="v",
     ),
     "quick": Profile(
         name="quick",
@@ -159,15 +180,19 @@ PROFILES: dict[str, Profile] = {
         layers_per_block=1,
         attention_resolutions=(16, 8),
         dataset_size=12000,
-        # 3.8 M parameters; 17 img/s on 2 idle CPU cores, 3 to 8 img/s while the machine
-        # is shared. 1050 = 2 * 525, so the paper's FID checkpoints (300k..525k of 525k
-        # steps) fall on whole steps (600, 750, 900, 1050). A run this short (1.4 epochs)
-        # needs a larger learning rate than the published 1e-4 (which took 525k steps):
-        # 3e-4, with the EMA warm-up of training.py.
-        train_steps=1050,
+        # 3.8 M parameters. Trained on a GPU (H100: 0.09 s per step at batch 64 to 256, so
+        # the step is overhead-bound and a large batch is free: 2,750 img/s at 256, see
+        # results/bench_training_gpu.json): 4,200 steps of 256 images = 90 epochs of the
+        # 12,000 galaxies in about 7 minutes. On 2 idle CPU cores (17 img/s at best) the
+        # same run takes about 18 hours: `make train PROFILE=quick` resumes across sessions.
+        # 4200 = 8 * 525, so the paper's FID checkpoints (300k..525k of 525k steps) fall on
+        # whole steps (2400, 3000, 3600, 4200). A run this short needs a larger learning
+        # rate than the published 1e-4 (which took 525k steps): 3e-4, with the EMA warm-up
+        # of training.py.
+        train_steps=4200,
         lr=3e-4,
-        batch_size=16,
-        checkpoint_every=100,
+        batch_size=256,
+        checkpoint_every=500,
         # Posterior sampling dominates the notebooks' CPU time (a UNet pass with its VJP
         # per sample and step, 1 + 2 * (cg_iters + 1) passes for MMPS): 20 steps with 2 CG
         # iterations, 16 samples per target, 64 prior samples and 8 mock observations keep
@@ -178,6 +203,7 @@ PROFILES: dict[str, Profile] = {
         n_prior=64,
         n_mock=8,
         max_shift_px=3,
+        prediction="v",
     ),
     "paper": Profile(
         name="paper",

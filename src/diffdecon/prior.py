@@ -1,9 +1,13 @@
 """The diffusion prior: UNet, cosine noise schedule and the prior-space normalisation.
 
-A score-based DDPM (variance-preserving) with epsilon prediction, as in the paper:
+A score-based DDPM (variance-preserving) with epsilon prediction, as in the paper, or
+v prediction (``profile.prediction``; see :class:`diffdecon.config.Profile` for why):
 
 * forward noising ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``, ``eps ~ N(0, I)``;
-* the network predicts ``eps_theta(x_t, t)``;
+* the network predicts ``eps_theta(x_t, t)``, or ``v_theta`` with
+  ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` (Salimans & Ho 2022, eq. 9), from which
+  ``eps_theta = sqrt(abar_t) v_theta + sqrt(1 - abar_t) x_t`` and
+  ``x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_theta``;
 * score ``s_theta(x_t, t) = grad log p_t(x_t) = -eps_theta / sqrt(1 - abar_t)``;
 * Tweedie's posterior mean ``x0_hat = (x_t + (1 - abar_t) s_theta) / sqrt(abar_t)
   = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)``.
@@ -182,7 +186,8 @@ class DiffusionPrior(torch.nn.Module):
     ----------
     profile : Profile or str
     unet : torch.nn.Module, optional
-        A network ``unet(x_t, t).sample -> eps``; default :func:`build_unet` (random weights).
+        A network ``unet(x_t, t).sample -> eps`` (or ``v``, see ``profile.prediction``);
+        default :func:`build_unet` (random weights).
     """
 
     def __init__(self, profile: Profile | str, unet: torch.nn.Module | None = None):
@@ -198,10 +203,18 @@ class DiffusionPrior(torch.nn.Module):
     def T(self) -> int:
         return self.schedule.T
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted noise ``eps_theta(x_t, t)`` (dimensionless, shape of ``x_t``)."""
+    def net(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's raw output: ``eps_theta`` or ``v_theta`` (``profile.prediction``)."""
         t = _check_t(t, self.T, x_t.shape[0]).to(x_t.device)
         return self.unet(x_t, t).sample
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ``eps_theta(x_t, t)`` (dimensionless, shape of ``x_t``)."""
+        out = self.net(x_t, t)
+        if self.profile.prediction == "epsilon":
+            return out
+        a = self.schedule.abar(t, x_t)
+        return a.sqrt() * out + (1 - a).sqrt() * x_t  # eps from v
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``s_theta(x_t, t) = -eps_theta(x_t, t) / sqrt(1 - abar_t)`` [1 / prior-space units]."""
@@ -213,11 +226,14 @@ class DiffusionPrior(torch.nn.Module):
         ``x0_hat = (x_t + (1 - abar_t) s_theta) / sqrt(abar_t)
                  = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)``.
         Not clipped to [-1, 1] (clipping biases the flux). ``eps`` may be given to reuse a
-        network evaluation.
+        network evaluation. With v prediction and no ``eps``, the well-conditioned form
+        ``sqrt(abar_t) x_t - sqrt(1 - abar_t) v_theta`` is used.
         """
+        a = self.schedule.abar(t, x_t)
+        if eps is None and self.profile.prediction == "v":
+            return a.sqrt() * x_t - (1 - a).sqrt() * self.net(x_t, t)
         if eps is None:
             eps = self.eps(x_t, t)
-        a = self.schedule.abar(t, x_t)
         return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
     # ---- normalisation

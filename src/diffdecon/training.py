@@ -2,7 +2,8 @@
 
 The objective is the simple epsilon loss of Ho et al. (2020), eq. 14:
 ``L = E_{x_0, t, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2``
-with ``t`` uniform in ``[0, T)`` and a fixed (not learned) reverse variance, as published.
+with ``t`` uniform in ``[0, T)`` and a fixed (not learned) reverse variance, as published;
+with ``profile.prediction == "v"`` the target is ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0``.
 
 Choices, stated
 ---------------
@@ -119,8 +120,9 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """``ema <- decay * ema + (1 - decay) * model`` for every parameter and float buffer."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1 - decay)
+    pe = [p for p in ema.parameters()]
+    pm = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(pe, pm, 1 - decay)  # one fused update instead of a kernel per tensor
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 
@@ -128,23 +130,34 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int, dihedral: bool) -> torch.Tensor:
     """Random dihedral transform and integer roll of up to ``max_shift`` px per axis, per image.
 
-    ``images`` ``(B, C, H, W)`` (any units); draws from ``generator`` in a fixed order.
+    ``images`` ``(B, C, H, W)`` (any units, square images, any device); the random draws come
+    from the CPU ``generator`` in a fixed order (rotation ``k``, flip, shift), so the result
+    does not depend on the device. Per image: ``rot90`` by ``k`` quarter turns, then a flip of
+    the last axis, then ``torch.roll`` by ``(dy, dx)``; vectorised over the batch.
     """
-    b = images.shape[0]
+    b, _, h, w = images.shape
     k = torch.randint(0, 4, (b,), generator=generator)
     flip = torch.randint(0, 2, (b,), generator=generator)
     shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator) if max_shift > 0 else None
-    out = []
-    for i in range(b):
-        im = images[i]
-        if dihedral:
-            im = torch.rot90(im, int(k[i]), dims=(1, 2))
-            if flip[i]:
-                im = torch.flip(im, dims=(2,))
-        if shifts is not None:
-            im = torch.roll(im, shifts=(int(shifts[i, 0]), int(shifts[i, 1])), dims=(1, 2))
-        out.append(im)
-    return torch.stack(out)
+    out = images
+    if dihedral:
+        out = images.clone()
+        for q in range(1, 4):
+            sel = (k == q).nonzero().flatten().to(images.device)
+            if len(sel):
+                out[sel] = torch.rot90(images[sel], q, dims=(2, 3))
+        sel = flip.bool().nonzero().flatten().to(images.device)
+        if len(sel):
+            out[sel] = torch.flip(out[sel], dims=(3,))
+    if shifts is not None:
+        # torch.roll per image: out[..., j, i] = in[..., (j - dy) % H, (i - dx) % W]
+        dev = images.device
+        rows = (torch.arange(h)[None, :] - shifts[:, :1]) % h  # (B, H)
+        cols = (torch.arange(w)[None, :] - shifts[:, 1:]) % w  # (B, W)
+        bi = torch.arange(b)[:, None, None]
+        out = out.permute(0, 2, 3, 1)[bi.to(dev), rows[:, :, None].to(dev), cols[:, None, :].to(dev)]
+        out = out.permute(0, 3, 1, 2).contiguous()
+    return out
 
 
 def save_torch_atomic(obj: Any, path: Path) -> Path:
@@ -206,6 +219,33 @@ class TrainResult:
     model: torch.nn.Module
     config: dict[str, Any]
     dataset_hash: str
+
+
+def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, abar: torch.Tensor,
+                  x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, use_amp: bool = False,
+                  prediction: str = "epsilon") -> torch.Tensor:
+    """One optimizer step of the denoising loss; returns the loss (a 0-d tensor, not synchronised).
+
+    ``x0`` prior-space images ``(B, C, H, W)`` in [-1, 1]; ``t`` integer times ``(B,)``;
+    ``eps`` standard normal noise like ``x0``; ``abar`` the cumulative alphas ``(T,)``; all on
+    the model's device. ``use_amp``: bf16 autocast for the network (GPU). ``prediction``:
+    the network's target, ``"epsilon"`` (Ho et al. eq. 14) or ``"v"`` (Salimans & Ho 2022).
+    """
+    a = abar[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # DDPM eq. 4
+    if prediction == "epsilon":
+        target = eps
+    elif prediction == "v":
+        target = a.sqrt() * eps - (1 - a).sqrt() * x0  # v, Salimans & Ho eq. 9
+    else:
+        raise ValueError(f"prediction={prediction!r}: accepted values epsilon, v")
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        pred = model(x_t, t).sample
+    loss = torch.mean((pred.float() - target) ** 2)  # Ho et al. eq. 14 (with v: its v analogue)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 def _seed_all(seed: int) -> None:
@@ -277,7 +317,12 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=profile.lr)
     gen = torch.Generator().manual_seed(profile.seed)
-    abar = prior.schedule.alphas_cumprod.to(torch.float32)
+    # On a GPU the noise eps is drawn there by its own seeded generator (saved in the
+    # checkpoint); on the CPU ``gen`` draws everything, so CPU runs are bitwise resumable.
+    noise_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(profile.seed + 1)
+    abar = prior.schedule.alphas_cumprod.to(torch.float32).to(device)
+    # A GPU holds the whole training set (12,000 quick images: 0.6 GB); the CPU reads rows.
+    images_dev = torch.from_numpy(np.ascontiguousarray(images)).to(device) if device.type != "cpu" else None
     step, log, elapsed0 = 0, [], 0.0
 
     if ckpt_path.exists() and not retrain:
@@ -287,6 +332,11 @@ def train(
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"]["generator"])
+        if noise_gen is not gen:
+            if "noise_generator" not in state["rng"]:
+                raise CheckpointMismatchError(f"{ckpt_path} was written by a CPU run; a {device.type} run "
+                                              "cannot resume it exactly: resume on the CPU or pass --retrain")
+            noise_gen.set_state(state["rng"]["noise_generator"].cpu())
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         step, log = int(state["step"]), list(state["log"])
@@ -306,7 +356,8 @@ def train(
             "config": config, "dataset_hash": dataset_hash, "step": step,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state()},
+                    "numpy": np.random.get_state(),
+                    **({"noise_generator": noise_gen.get_state()} if noise_gen is not gen else {})},
             "log": log,
         }
         save_torch_atomic(state, ckpt_path)
@@ -319,33 +370,29 @@ def train(
     try:
         while step < total_steps:
             t0 = time.perf_counter()
-            idx = torch.randint(0, n_img, (batch,), generator=gen)
-            flux = torch.from_numpy(np.ascontiguousarray(images[np.sort(idx.numpy())]))
+            idx = torch.randint(0, n_img, (batch,), generator=gen).sort().values
+            if images_dev is None:
+                flux = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+            else:
+                flux = images_dev[idx.to(device)]
             shift = profile.max_shift_px if step >= shift_start else 0
             flux = augment(flux, gen, shift, options.dihedral)
             x0, _ = normalise(flux.to(torch.float32), profile)
-            t = torch.randint(0, profile.diffusion_steps, (batch,), generator=gen)
-            eps = torch.randn(x0.shape, generator=gen)
-            a = abar[t].view(-1, 1, 1, 1)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # DDPM eq. 4
-            x_t, t, eps = x_t.to(device), t.to(device), eps.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                pred = model(x_t, t).sample
-            loss = torch.mean((pred.float() - eps) ** 2)  # Ho et al. eq. 14
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            t = torch.randint(0, profile.diffusion_steps, (batch,), generator=gen).to(device)
+            eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+            loss = training_step(model, opt, abar, x0, t, eps, use_amp, profile.prediction)
             step += 1
             d = ema_decay_at(step, profile.ema_decay, options.ema_warmup)
             ema_update(ema, model, d)
+            loss = loss.item()  # synchronises with the device: dt is the true step time
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
             dt = time.perf_counter() - t0
-            log.append({"step": step, "loss": float(loss.item()), "ema_decay": d, "shift": shift,
+            log.append({"step": step, "loss": float(loss), "ema_decay": d, "shift": shift,
                         "elapsed_s": elapsed0 + time.perf_counter() - t_start,
                         "images_per_s": batch / dt})
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{batch / dt:.1f}")
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{batch / dt:.1f}", refresh=False)
             if kill_after_step is not None and step >= kill_after_step:
                 raise SimulatedKill(f"simulated kill after step {step}")
             if step in snap_steps:
