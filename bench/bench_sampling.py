@@ -19,8 +19,8 @@ noise; ``diffdecon.validation.mock_set``) is inverted three ways, in one run:
 * ``mmps_batched``: MMPS, ``--n`` samples in one batch, ``--mmps-steps`` (<= 100) steps,
   ``--cg-iters`` CG iterations.
 
-Reported per method: posterior samples per second; peak resident memory during the method
-[MiB] (Linux ``VmHWM`` of the process, reset before each method by writing 5 to
+Reported per method: posterior samples per second; peak memory during the method [MiB]: on
+``--device cuda`` the GPU's allocator peak, on the CPU the peak resident memory (Linux ``VmHWM`` of the process, reset before each method by writing 5 to
 ``/proc/self/clear_refs``; where that reset is not possible, ``resource.getrusage`` maxrss,
 which is the peak of the whole process so far: the field ``memory_method`` says which);
 PSNR [dB] of the posterior mean and the mean per-sample PSNR against the idealized truth
@@ -38,6 +38,7 @@ loud note: smoke numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -86,19 +87,35 @@ def _load(profile_arg: str):
     return P, prior_mod.load_prior(P, directory), note
 
 
-def _run(label: str, fn, n_expected: int, problem, reset_ok: bool) -> tuple[dict, "torch.Tensor"]:
+def _run(label: str, fn, n_expected: int, problem, reset_ok: bool, device=None) -> tuple[dict, "torch.Tensor"]:
+    """Time ``fn`` (returns samples and their validity mask) and score its samples.
+
+    ``problem`` is the CPU copy of the inverse problem: scores are computed on the CPU in
+    float64 whatever device sampled. On CUDA the peak memory is the GPU's
+    (``torch.cuda.max_memory_allocated``, reset before each method)."""
     import torch
 
     from diffdecon import metrics
 
-    _reset_peak() if reset_ok else None
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak() if reset_ok else None
     t0 = time.perf_counter()
     x, valid = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
-    peak, how = _peak_mib(reset_ok)
+    if cuda:
+        peak, how = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated (GPU, per method)"
+    else:
+        peak, how = _peak_mib(reset_ok)
+    x, valid = x.detach().cpu(), valid.cpu()
     x = x[valid]
     rec = {"method": label, "n_samples": n_expected, "n_finite": int(valid.sum()), "wall_s": wall,
-           "samples_per_s": n_expected / wall, "peak_rss_mib": peak, "memory_method": how,
+           "samples_per_s": n_expected / wall, "peak_memory_mib": peak, "memory_method": how,
            "diverged": bool(valid.sum() < n_expected)}
     if len(x) == 0:
         rec.update(psnr_mean=float("nan"), psnr_per_sample=float("nan"), chi2_mean=float("nan"),
@@ -135,7 +152,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mmps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
     parser.add_argument("--cg-iters", type=int, default=None, help="default: validation.sampler_settings")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None, help="default results/bench_sampling.json")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (default cpu; cuda results go to results/bench_sampling_gpu.json)")
+    parser.add_argument("--out", default=None, help="default results/bench_sampling.json (_gpu.json on cuda)")
     args = parser.parse_args(argv)
 
     import torch
@@ -158,7 +177,20 @@ def main(argv=None) -> int:
     T = int(prior.schedule.alphas_cumprod.numel())
     mk = validation.mock_set(P, mock.hsc_reference(), n=1, redshifts=(0.21677,))[0]
     problem = targets.from_mock(mk, prior)
-    y, fwd, sig = problem.y, problem.forward, problem.sigma
+    dev = torch.device(args.device)
+    if dev.type != "cpu":
+        import dataclasses
+
+        prior = prior.to(dev)
+        run_problem = dataclasses.replace(problem, y=problem.y.to(dev), sigma=problem.sigma.to(dev),
+                                          operator=copy.deepcopy(problem.operator).to(dev))
+    else:
+        run_problem = problem
+    y, fwd, sig = run_problem.y, run_problem.forward, run_problem.sigma
+
+    def gen(seed):  # on the sampling device: no host round trip per step
+        return torch.Generator(dev).manual_seed(seed)
+
     reset_ok = _reset_peak()
     print(f"profile {P.name}; mock z = {mk.z}, observation {tuple(y.shape)}; {args.threads} threads; "
           f"published loop: {args.loop_samples} samples x {T} DPS steps (few samples: the loop is slow)", flush=True)
@@ -166,19 +198,19 @@ def main(argv=None) -> int:
     def published():
         xs, valid = [], []
         for i in range(args.loop_samples):
-            x, v = samplers.dps(prior, y, fwd, sig, torch.Generator().manual_seed(10 + i), 1, steps=T, zeta=1.0,
+            x, v = samplers.dps(prior, y, fwd, sig, gen(10 + i), 1, steps=T, zeta=1.0,
                                 convention="paper", on_divergence="mask", progress=False)
             xs.append(x)
             valid.append(v)
         return torch.cat(xs), torch.cat(valid)
 
     def dps_batched():
-        gens = [torch.Generator().manual_seed(100 + i) for i in range(args.n)]
+        gens = [gen(100 + i) for i in range(args.n)]
         return samplers.dps(prior, y, fwd, sig, gens, args.n, steps=args.dps_steps, zeta=1.0, convention="paper",
                             on_divergence="mask", progress=False)
 
     def mmps_batched():
-        gens = [torch.Generator().manual_seed(200 + i) for i in range(args.n)]
+        gens = [gen(200 + i) for i in range(args.n)]
         return samplers.mmps(prior, y, fwd, sig, gens, args.n, steps=args.mmps_steps, cg_iters=args.cg_iters,
                              on_divergence="mask", progress=False)
 
@@ -188,7 +220,7 @@ def main(argv=None) -> int:
     records = []
     for label, fn, n in runs:
         print(f"running {label} ...", flush=True)
-        rec, _ = _run(label, fn, n, problem, reset_ok)
+        rec, _ = _run(label, fn, n, problem, reset_ok, dev)
         records.append(rec)
         print(f"  {rec['wall_s']:.1f} s, {rec['samples_per_s']:.4f} samples/s, finite {rec['n_finite']}/{n}", flush=True)
     base = records[0]
@@ -198,7 +230,7 @@ def main(argv=None) -> int:
 
     for rec in records:
         rec["speedup"] = ratio(rec["samples_per_s"], base["samples_per_s"])
-        rec["memory_ratio"] = ratio(rec["peak_rss_mib"], base["peak_rss_mib"])
+        rec["memory_ratio"] = ratio(rec["peak_memory_mib"], base["peak_memory_mib"])
         for k in ("psnr_mean", "psnr_per_sample", "chi2_mean", "chi2_per_sample"):
             rec[f"{k}_ratio"] = ratio(rec[k], base[k])
         rec["psnr_per_sample_diff_db"] = float(rec["psnr_per_sample"] - base["psnr_per_sample"])
@@ -210,17 +242,19 @@ def main(argv=None) -> int:
            "checkpoint_sha256": getattr(prior, "checkpoint_sha256", None), "mock_z": mk.z,
            "mock_source": mk.reference.source, "threads": args.threads, "cpu_count": os.cpu_count(),
            "load_average": list(os.getloadavg()), "machine": platform.platform(), "torch": torch.__version__,
+           "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "published_loop_samples": args.loop_samples,
            "published_loop_note": f"rate measured on {args.loop_samples} sample(s) only: the loop is slow on a CPU",
            "target": target, "methods": records}
-    path = Path(args.out) if args.out else paths.RESULTS / "bench_sampling.json"
+    default_name = "bench_sampling.json" if dev.type == "cpu" else "bench_sampling_gpu.json"
+    path = Path(args.out) if args.out else paths.RESULTS / default_name
     atomic_write_text(path, json.dumps(out, indent=2, sort_keys=False) + "\n")
 
-    cols = ["method", "samples/s", "speed-up", "peak RSS [MiB]", "mem ratio", "PSNR mean", "PSNR/sample",
+    cols = ["method", "samples/s", "speed-up", "peak memory [MiB]", "mem ratio", "PSNR mean", "PSNR/sample",
             "dPSNR/sample [dB]", "chi2 mean", "chi2/sample", "chi2/sample ratio", "finite"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in records:
-        print(f"| {r['method']} | {r['samples_per_s']:.4g} | {r['speedup']:.1f}x | {r['peak_rss_mib']:.0f} | "
+        print(f"| {r['method']} | {r['samples_per_s']:.4g} | {r['speedup']:.1f}x | {r['peak_memory_mib']:.0f} | "
               f"{r['memory_ratio']:.2f} | {r['psnr_mean']:.2f} | {r['psnr_per_sample']:.2f} | "
               f"{r['psnr_per_sample_diff_db']:+.2f} | {r['chi2_mean']:.3g} | {r['chi2_per_sample']:.3g} | "
               f"{r['chi2_per_sample_ratio']:.3g} | {r['n_finite']}/{r['n_samples']} |")

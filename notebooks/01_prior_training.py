@@ -17,18 +17,25 @@
 # # 01 — The diffusion prior: training, FID and the mode-collapse check
 #
 # The prior is a score-based diffusion model (variance-preserving DDPM with a cosine
-# noise schedule of $T = 1000$ steps) whose UNet predicts the noise
+# noise schedule of $T = 1000$ steps). The paper's UNet predicts the noise
 # $\epsilon_\theta(x_t, t)$ added to a clean image $x_0$,
-# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$. Its score
+# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$; its score
 # $s_\theta = -\epsilon_\theta/\sqrt{1-\bar\alpha_t}$ and Tweedie's estimate
 # $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta)/\sqrt{\bar\alpha_t}$ are what the
-# posterior samplers of the later notebooks use.
+# posterior samplers of the later notebooks use. The `smoke` and `quick` profiles train the
+# same network to predict $v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$
+# instead (Salimans & Ho 2022), which defines the same $\epsilon$, score and $\hat x_0$ but
+# computes $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,v_\theta$ without
+# dividing by $\sqrt{\bar\alpha_t}$ ($4.9\times10^{-5}$ at $t = T-1$). With $\epsilon$-prediction
+# the first sampling steps amplify the network's error $2\times10^4$ times and our samples
+# came out with bright, uniform skies; with $v$ their sky is the training images' zero flux.
 #
 # The images the prior sees are normalised to a fixed total flux and asinh-stretched
 # (softening $a = 0.01$) into $[-1, 1]$; the flux scale is kept apart and restored by the
 # likelihood. The published model was trained on TNG100 idealized galaxies at 256 px for
 # 525k steps on 32 GPUs; here it is trained on the package's **synthetic** (GalSim)
-# galaxies, at the size of the chosen profile, on a CPU. Every figure says so.
+# galaxies, at the size of the chosen profile (the quick checkpoint on one GPU, in minutes;
+# the training device is printed below). Every figure says so.
 #
 # Sample quality is measured with the Fréchet distance between Gaussians fitted to the
 # features of model samples and of training images. The paper used InceptionV3
@@ -71,11 +78,12 @@ print(f"{len(dataset)} training images of {P.image_size} px; UNet {n_params / 1e
 # %%
 log = training.read_log(model_dir / training.LOG_FILE)
 fig = training.training_curve_figure(
-    log, title=f"$\\epsilon$-prediction loss, profile {P.name} (synthetic galaxies)")
+    log, title=f"{P.prediction}-prediction loss, profile {P.name} (synthetic galaxies)")
 plotting.mark_synthetic(fig)
 plotting.save_figure(fig, "prior_training_curve")
-print(f"{len(log)} steps, final running-mean loss {np.mean([r['loss'] for r in log[-50:]]):.4f}, "
-      f"training wall time {log[-1]['elapsed_s'] / 60:.1f} min")
+print(f"{len(log)} steps of {P.batch_size} images, final running-mean loss "
+      f"{np.mean([r['loss'] for r in log[-50:]]):.4f}, training wall time {log[-1]['elapsed_s'] / 60:.1f} min "
+      f"(median {np.median([r['images_per_s'] for r in log]):.0f} images/s)")
 
 # %% [markdown]
 # ## FID against training length (Table 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 
 from diffdecon.config import get_profile
 from diffdecon.training import (CheckpointMismatchError, SimulatedKill, TrainOptions, augment,
-                                ema_decay_at, export_checkpoint, fid_steps, load_snapshot, read_log,
-                                train)
+                                ema_decay_at, export_checkpoint, fid_steps, learning_rate_at,
+                                load_snapshot, read_log, train)
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +112,27 @@ def test_ema_decay_warmup():
     assert ema_decay_at(90, 0.9999) == pytest.approx(0.91)
     assert ema_decay_at(10**7, 0.9999) == 0.9999
     assert ema_decay_at(5, 0.9999, warmup=False) == 0.9999
+
+
+def test_learning_rate_schedules():
+    const = dataclasses.replace(TINY, lr=1e-3, train_steps=100)
+    assert [learning_rate_at(k, const) for k in (0, 50, 99)] == [1e-3] * 3
+    cos = dataclasses.replace(const, lr_schedule="cosine", lr_warmup_steps=10)
+    assert learning_rate_at(0, cos) == pytest.approx(1e-4)  # warm-up: 1/10 of lr (cos(0) = 1)
+    assert learning_rate_at(50, cos) == pytest.approx(0.5e-3)  # half-way: (1 + cos(pi/2)) / 2
+    assert learning_rate_at(99, cos) == pytest.approx(1e-3 * (1 + math.cos(math.pi * 0.99)) / 2)
+    lrs = [learning_rate_at(k, cos) for k in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays monotonically after the warm-up
+    with pytest.raises(ValueError, match="accepted values constant, cosine"):
+        dataclasses.replace(const, lr_schedule="step")
+
+
+def test_lr_is_logged_and_resume_keeps_the_schedule(tmp_path):
+    cos = dataclasses.replace(TINY, lr_schedule="cosine", lr_warmup_steps=2)
+    run = train(cos, _dataset(), out_dir=tmp_path, progress=False)
+    logged = [r["lr"] for r in read_log(tmp_path / "train_log.csv")]
+    assert logged == pytest.approx([learning_rate_at(k, cos) for k in range(cos.train_steps)])
+    assert run.finished
 
 
 def test_augment_conserves_flux_and_is_seeded():

@@ -7,7 +7,8 @@ with ``profile.prediction == "v"`` the target is ``v = sqrt(abar_t) eps - sqrt(1
 
 Choices, stated
 ---------------
-* Optimiser AdamW, ``lr = profile.lr`` (1e-4), default weight decay (0.01).
+* Optimiser AdamW, ``lr = profile.lr`` (1e-4), default weight decay (0.01); constant as
+  published, or warm-up and cosine decay (``profile.lr_schedule``, :func:`learning_rate_at`).
 * EMA of the weights with decay ``min(profile.ema_decay, (1 + step) / (10 + step))``: the
   warm-up of the second term lets a short CPU run (about a thousand steps) have a useful
   average; for the paper's 525k steps it equals the published 0.9999 after 90k steps.
@@ -15,7 +16,7 @@ Choices, stated
   ``torch.Generator`` (the only random stream of the loop, together with ``t``, ``eps``
   and the augmentations), so the run is a function of the seed and resumable exactly.
 * Augmentation: a random element of the dihedral group (flips and 90-degree rotations;
-  galaxies have no preferred orientation), and, from the fraction ``shift_start_fraction``
+  galaxies have no preferred orientation), and, from the fraction ``profile.shift_start_fraction``
   of the run onward (300k/525k as in the paper, which added it against mode collapse), a
   random integer shift of up to ``profile.max_shift_px`` px per axis made with
   ``torch.roll`` (periodic: the few px wrapped around are sky at the image edge).
@@ -57,7 +58,7 @@ PAPER_FID: tuple[float, ...] = (317.3, 235.3, 119.4, 132.6)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.csv"
-LOG_FIELDS = ("step", "loss", "ema_decay", "shift", "elapsed_s", "images_per_s")
+LOG_FIELDS = ("step", "loss", "lr", "ema_decay", "shift", "elapsed_s", "images_per_s")
 
 
 INFERENCE_FIELDS: tuple[str, ...] = ("sampling_steps", "cg_iters", "n_posterior", "n_prior", "n_mock")
@@ -78,13 +79,13 @@ class TrainOptions:
     """Options of a run beyond the profile (all recorded in the checkpoint's config).
 
     batch_size : int, optional   override of ``profile.batch_size`` (e.g. larger on a GPU).
-    shift_start_fraction : float fraction of the run after which random shifts are on.
+    shift_start_fraction : float, optional  override of ``profile.shift_start_fraction``.
     dihedral : bool              random flips / 90-degree rotations.
     ema_warmup : bool            EMA decay ``min(decay, (1+step)/(10+step))``.
     """
 
     batch_size: int | None = None
-    shift_start_fraction: float = 300 / 525
+    shift_start_fraction: float | None = None
     dihedral: bool = True
     ema_warmup: bool = True
 
@@ -110,6 +111,18 @@ def run_dir(profile: Profile | str) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def learning_rate_at(k: int, profile: Profile) -> float:
+    """Learning rate of optimizer step ``k + 1`` (``k`` steps done): ``profile.lr`` after a
+    linear warm-up of ``profile.lr_warmup_steps``, times ``(1 + cos(pi k / train_steps)) / 2``
+    for the ``"cosine"`` schedule."""
+    lr = profile.lr
+    if profile.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * min(k, profile.train_steps) / profile.train_steps))
+    if k < profile.lr_warmup_steps:
+        lr *= (k + 1) / profile.lr_warmup_steps
+    return lr
 
 
 def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
@@ -347,7 +360,8 @@ def train(
               f"{count_parameters(model) / 1e6:.2f} M parameters, batch {batch}, {profile.train_steps} steps")
 
     snap_steps = set(fid_steps(profile))
-    shift_start = math.ceil(options.shift_start_fraction * profile.train_steps)
+    shift_frac = profile.shift_start_fraction if options.shift_start_fraction is None else options.shift_start_fraction
+    shift_start = math.ceil(shift_frac * profile.train_steps)
     use_amp = device.type == "cuda"
     t_start = time.perf_counter()
 
@@ -380,6 +394,9 @@ def train(
             x0, _ = normalise(flux.to(torch.float32), profile)
             t = torch.randint(0, profile.diffusion_steps, (batch,), generator=gen).to(device)
             eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+            lr = learning_rate_at(step, profile)
+            for group in opt.param_groups:
+                group["lr"] = lr
             loss = training_step(model, opt, abar, x0, t, eps, use_amp, profile.prediction)
             step += 1
             d = ema_decay_at(step, profile.ema_decay, options.ema_warmup)
@@ -388,7 +405,7 @@ def train(
             if not math.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
             dt = time.perf_counter() - t0
-            log.append({"step": step, "loss": float(loss), "ema_decay": d, "shift": shift,
+            log.append({"step": step, "loss": float(loss), "lr": lr, "ema_decay": d, "shift": shift,
                         "elapsed_s": elapsed0 + time.perf_counter() - t_start,
                         "images_per_s": batch / dt})
             bar.update(1)
