@@ -79,8 +79,12 @@ lab: venv
 
 bench: venv
 	@mkdir -p results
-	$(PY) bench/bench_training.py
+	$(PY) bench/bench_training.py --batch-sizes 16
 	$(PY) bench/bench_sampling.py
+	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
+	  $(PY) bench/bench_training.py --device cuda --profiles smoke quick --threads 4 --batch-sizes 64 128 256 --steps 20; \
+	  $(PY) bench/bench_sampling.py --device cuda; \
+	else echo "no CUDA device: GPU benchmarks skipped (results/*_gpu.json keep their last GPU run)"; fi
 
 train: venv
 	$(PY) scripts/train.py --profile $(PROFILE) --resume

@@ -126,8 +126,10 @@ header = ["method", "PSNR [dB]", "SSIM", "flux error", r"reduced $\chi^2$"]
 caption = (f"Point estimates against the idealized truth on {len(mocks)} mock HSC observations "
            f"(mean $\\pm$ std; profile {P.name}; {manuscript.latex_escape(settings.note)}). Samplers: posterior mean "
            f"of {settings.n} samples; MMPS {settings.mmps_steps} steps, DPS {settings.dps_steps} steps, published "
-           f"convention, guidance scale $\\zeta$ = {', '.join(f'{z:g}' for z in sorted(set(val.dps_zeta)))} "
-           "(the largest of 1, 0.1, ... that did not diverge).")
+           f"convention, guidance scale $\\zeta$ = "
+           f"{', '.join(f'{z:g}' for z in sorted({z for z in val.dps_zeta if np.isfinite(z)}))} "
+           "(the largest of 1, 0.1, ... that did not diverge; a mock on which every scale diverged is "
+           "counted as diverged and left out of the mean).")
 _ = manuscript.write_table("validation_metrics", manuscript.latex_table(
     header, validation.metrics_rows(val), caption=caption, label="tab:validation"))
 for row in validation.metrics_rows(val):
@@ -165,7 +167,9 @@ _ = plotting.save_figure(plotting.residuals_figure(res_rows, P.name), "fig3_resi
 # reduced $\chi^2$ of re-convolved posterior *samples* against the data.
 
 # %%
-cal = {m: validation.calibration_summary(val.posteriors[m]) for m in val.posteriors}
+# posteriors of the mocks on which a sampler diverged are left out (their number is in Table 2)
+usable = {m: [r for r in rs if r is not None] for m, rs in val.posteriors.items()}
+cal = {m: validation.calibration_summary(rs) for m, rs in usable.items() if len(rs) >= 2}
 for m, c in cal.items():
     print(f"{labels[m]}: TARP max deviation {c['tarp_max_dev']:.3f}; coverage 68% -> {c['coverage'][0.68]:.3f}, "
           f"95% -> {c['coverage'][0.95]:.3f}; chi2(A(sample), y) = {c['chi2_samples']:.2f} +- {c['chi2_samples_std']:.2f}")
@@ -195,6 +199,9 @@ for r in ex_rows:
 
 # %%
 mm, dp = val.scores["mmps"], val.scores["dps"]
+nan_cal = {"tarp_max_dev": float("nan"), "coverage": {0.68: float("nan"), 0.95: float("nan")},
+           "chi2_samples": float("nan")}
+cal_dps = cal.get("dps", nan_cal)  # fewer than two mocks without divergence: no calibration
 _ = manuscript.write_variables("validation", {
     "ValProfile": P.name,
     "ValNMock": len(mocks),
@@ -202,23 +209,24 @@ _ = manuscript.write_variables("validation", {
     "ValMMPSSteps": settings.mmps_steps,
     "ValDPSSteps": settings.dps_steps,
     "ValMMPSPSNR": round(float(mm["psnr"].mean()), 2),
-    "ValDPSPSNR": round(float(dp["psnr"].mean()), 2),
+    "ValDPSPSNR": round(float(np.nanmean(dp["psnr"])), 2),
+    "ValDPSDiverged": int(validation.diverged_mocks(val, "dps").sum()),
     "ValRLPSNR": round(float(val.scores["richardson_lucy"]["psnr"].mean()), 2),
     "ValWienerPSNR": round(float(val.scores["wiener"]["psnr"].mean()), 2),
     "ValMMPSChi": round(float(mm["chi2"].mean()), 2),
-    "ValDPSChi": round(float(dp["chi2"].mean()), 2),
+    "ValDPSChi": round(float(np.nanmean(dp["chi2"])), 2),
     "ValMMPSTarpDev": round(cal["mmps"]["tarp_max_dev"], 3),
-    "ValDPSTarpDev": round(cal["dps"]["tarp_max_dev"], 3),
+    "ValDPSTarpDev": round(cal_dps["tarp_max_dev"], 3),
     "ValMMPSCovSixtyEight": round(cal["mmps"]["coverage"][0.68], 3),
     "ValMMPSCovNinetyFive": round(cal["mmps"]["coverage"][0.95], 3),
-    "ValDPSCovSixtyEight": round(cal["dps"]["coverage"][0.68], 3),
-    "ValDPSCovNinetyFive": round(cal["dps"]["coverage"][0.95], 3),
+    "ValDPSCovSixtyEight": round(cal_dps["coverage"][0.68], 3),
+    "ValDPSCovNinetyFive": round(cal_dps["coverage"][0.95], 3),
     "ValMMPSSampleChi": round(cal["mmps"]["chi2_samples"], 2),
-    "ValDPSSampleChi": round(cal["dps"]["chi2_samples"], 2),
+    "ValDPSSampleChi": round(cal_dps["chi2_samples"], 2),
     "ValExactMMPSMeanErr": round(exact["mmps"]["mean_err_rms"], 3),
     "ValExactDPSMeanErr": round(exact["dps_paper_1"]["mean_err_rms"], 3),
     "ValExactMMPSVarRatio": round(exact["mmps"]["var_ratio"], 3),
     "ValExactDPSVarRatio": round(exact["dps_paper_1"]["var_ratio"], 3),
-    "ValDPSZetaMin": min(val.dps_zeta),
-    "ValDPSZetaMax": max(val.dps_zeta),
+    "ValDPSZetaMin": float(np.nanmin(val.dps_zeta)) if np.isfinite(val.dps_zeta).any() else float("nan"),
+    "ValDPSZetaMax": float(np.nanmax(val.dps_zeta)) if np.isfinite(val.dps_zeta).any() else float("nan"),
 })

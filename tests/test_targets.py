@@ -126,6 +126,11 @@ def test_deconvolve_mmps_and_dps(smoke_mock, smoke_gaussian_prior):
     res_dps = targets.deconvolve(pb, smoke_gaussian_prior, "dps", n=2, steps=5, generator=2, prior_samples=ref,
                                  progress=False, zeta=0.01)
     assert torch.isfinite(res_dps.flux_samples).all()
+    assert res_dps.samples.abs().max() <= targets.DIVERGED_ABS
+    # ... and those samples (finite flux, but ~1e60 times too bright) are a divergence
+    with pytest.raises(targets.DeconvolutionError, match=r"\|x\| <= 10"):
+        targets.deconvolve(pb, smoke_gaussian_prior, "dps", n=2, steps=5, generator=2, prior_samples=ref,
+                           progress=False, zeta=0.3)
     with pytest.raises(ValueError, match="at least 2"):
         targets.deconvolve(pb, smoke_gaussian_prior, "mmps", n=1, steps=2, prior_samples=ref, progress=False)
     with pytest.raises(ValueError, match="sampler"):

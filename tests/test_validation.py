@@ -85,6 +85,41 @@ def test_run_validation_and_calibration(smoke_gaussian_prior, reference, tiny_da
         validation.run_validation(mocks, prior, settings, methods=("magic",))
 
 
+def test_dps_diverging_at_every_scale_is_recorded(smoke_gaussian_prior, reference, tiny_dataset, monkeypatch):
+    """A mock on which DPS diverges for every zeta is kept as 'diverged', not a crash or a mean."""
+    from diffdecon import targets
+
+    real = targets.deconvolve
+    calls = []
+
+    def flaky(problem, prior, sampler, **kw):
+        calls.append((problem.name, sampler, kw.get("zeta")))
+        if sampler == "dps" and problem is mocks_problems[0]:
+            raise targets.DeconvolutionError("forced divergence (test)")
+        return real(problem, prior, sampler, **kw)
+
+    mocks = validation.mock_set("smoke", reference, n=2, dataset=tiny_dataset)
+    mocks_problems = []
+    real_from_mock = targets.from_mock
+    monkeypatch.setattr(targets, "from_mock", lambda m, p: mocks_problems.append(real_from_mock(m, p))
+                        or mocks_problems[-1])
+    monkeypatch.setattr(targets, "deconvolve", flaky)
+    settings = validation.SamplerSettings(n=2, mmps_steps=2, cg_iters=1, dps_steps=3, dps_zeta=1e-4)
+    ref = smoke_gaussian_prior.mu + 0.1 * torch.randn((6, *smoke_gaussian_prior.mu.shape),
+                                                      generator=torch.Generator().manual_seed(2))
+    val = validation.run_validation(mocks, smoke_gaussian_prior, settings, methods=("dps", "wiener"),
+                                    prior_samples=ref, progress=False)
+    # the ladder starts at the settings' scale (1e-4, its last rung) and gives up after it
+    assert [z for name, s_, z in calls if s_ == "dps"] == [1e-4, 1e-4]
+    assert val.posteriors["dps"][0] is None and val.posteriors["dps"][1] is not None
+    assert np.isnan(val.dps_zeta[0]) and val.dps_zeta[1] == 1e-4
+    assert validation.diverged_mocks(val, "dps").tolist() == [True, False]
+    assert torch.isnan(val.estimates["dps"][0]).all() and torch.isfinite(val.estimates["dps"][1]).all()
+    rows = validation.metrics_rows(val)
+    assert rows[0][0] == "DPS (1 of 2 diverged)" and "nan" not in " ".join(rows[0][1:])
+    assert rows[1][0] == "Wiener"
+
+
 def test_exactness_mmps_near_exact():
     """A 4x4 Gaussian problem: MMPS (50 steps, 5 CG) is close to the exact posterior.
 

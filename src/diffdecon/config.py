@@ -199,7 +199,7 @@ PROFILES: dict[str, Profile] = {
         # 3.8 M parameters. Trained on a GPU (H100: 0.09 s per step at batch 64 to 256, so
         # the step is overhead-bound and a large batch is free: 2,750 img/s at 256, see
         # results/bench_training_gpu.json): 4,200 steps of 256 images = 90 epochs of the
-        # 12,000 galaxies in about 7 minutes. On 2 idle CPU cores (17 img/s at best) the
+        # 12,000 galaxies in 310 s of training. On 2 idle CPU cores (17 img/s at best) the
         # same run takes about 18 hours: `make train PROFILE=quick` resumes across sessions.
         # 4200 = 8 * 525, so the paper's FID checkpoints (300k..525k of 525k steps) fall on
         # whole steps (2400, 3000, 3600, 4200). A run this short needs a larger learning

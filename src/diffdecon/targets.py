@@ -66,6 +66,13 @@ light the PSF (FWHM about 4 HSC px) scatters out of the model field."""
 SAMPLERS: tuple[str, ...] = ("mmps", "dps")
 
 
+DIVERGED_ABS: float = 10.0
+"""A posterior sample with any ``|x| > DIVERGED_ABS`` [prior space] counts as diverged.
+Training images lie in [-1, about 2]; ``x = 10`` is a normalised flux of
+``a sinh(11 asinh(1/a) / 2)``, about 2e10 (a = 0.01): 1e9 times the brightest training
+pixel, and the flux grows exponentially beyond it (float64 overflows near |x| = 270)."""
+
+
 class DeconvolutionError(FloatingPointError):
     """Posterior samples came out unusable (non-finite flux): the sampler diverged."""
 
@@ -530,11 +537,12 @@ def deconvolve(
     with torch.no_grad():
         # float64: unstretch is exponential (sinh) and overflows float32 beyond |x| ~ 34
         flux = problem.to_flux(samples.double())
-        bad = ~torch.isfinite(flux.flatten(1)).all(1)
+        bad = ~torch.isfinite(flux.flatten(1)).all(1) | (samples.flatten(1).abs().amax(1) > DIVERGED_ABS)
         if bad.any():
             raise DeconvolutionError(
-                f"{problem.name}: {int(bad.sum())} of {n} {sampler} samples have non-finite flux (prior-space "
-                f"values up to {float(samples.abs().max()):.3g}, far outside [-1, 1]); the sampler diverged: "
+                f"{problem.name}: {int(bad.sum())} of {n} {sampler} samples are non-finite or leave "
+                f"|x| <= {DIVERGED_ABS:g} (prior-space values up to {float(samples.abs().max()):.3g}, "
+                "training images lie in [-1, 2]); the sampler diverged: "
                 "lower zeta (dps), use more steps or check the prior checkpoint"
             )
         mean, std = flux.mean(0), flux.std(0)  # unbiased (ddof = 1)

@@ -14,7 +14,9 @@ Choices, stated
   average; for the paper's 525k steps it equals the published 0.9999 after 90k steps.
 * Batches: indices drawn uniformly *with replacement* from the training set by a seeded
   ``torch.Generator`` (the only random stream of the loop, together with ``t``, ``eps``
-  and the augmentations), so the run is a function of the seed and resumable exactly.
+  and the augmentations), so the run is a function of the seed and resumable exactly. On
+  a GPU the noise ``eps`` comes from a second, device-side generator (seed + 1) whose
+  state is checkpointed too, and the whole training set is held on the device.
 * Augmentation: a random element of the dihedral group (flips and 90-degree rotations;
   galaxies have no preferred orientation), and, from the fraction ``profile.shift_start_fraction``
   of the run onward (300k/525k as in the paper, which added it against mode collapse), a
@@ -133,9 +135,8 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """``ema <- decay * ema + (1 - decay) * model`` for every parameter and float buffer."""
-    pe = [p for p in ema.parameters()]
-    pm = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(pe, pm, 1 - decay)  # one fused update instead of a kernel per tensor
+    # one fused update instead of a kernel per tensor
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)
 

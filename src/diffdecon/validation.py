@@ -45,6 +45,7 @@ __all__ = [
     "run_validation",
     "metrics_rows",
     "calibration_summary",
+    "diverged_mocks",
     "exactness",
 ]
 
@@ -236,7 +237,8 @@ class MockValidation:
     estimates : {method: Tensor (n_mock, C, H, W)} point estimates [flux per model px]
         (posterior mean for the samplers).
     scores : {method: {metric: ndarray (n_mock,)}} from :func:`score_estimate`.
-    posteriors : {sampler: list of targets.PosteriorResult}
+    posteriors : {sampler: list of targets.PosteriorResult}, ``None`` where the sampler
+        diverged (DPS at every scale of :data:`DPS_ZETA_LADDER`; estimate and scores NaN).
     settings : SamplerSettings
     wall_time_s : {method: float} total time spent per method [s].
     dps_zeta : list of float
@@ -312,41 +314,58 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
                         print(f"[diffdecon] {prob.name} #{i}: DPS with zeta={zeta} diverged ({err}); "
                               "retrying with a smaller zeta")
                 if r is None:
-                    raise RuntimeError(f"DPS diverged on mock {i} for every zeta in {DPS_ZETA_LADDER}")
-                dps_zeta.append(zeta)
+                    print(f"[diffdecon] {prob.name} #{i}: DPS diverged for every zeta in {DPS_ZETA_LADDER}; "
+                          "recorded as diverged (NaN), left out of the means and of the calibration")
+                dps_zeta.append(zeta if r is not None else math.nan)
             elif base is None:  # both baselines at once; their time is booked on the first
                 base = baseline_estimates(prob)
             if m in post:
                 post[m].append(r)
-                est[m].append(r.mean.detach().double())
+                est[m].append(r.mean.detach().double() if r is not None
+                              else torch.full(prob.truth.shape, math.nan, dtype=torch.float64))
             else:
                 est[m].append(base[m])
             wall[m] += time.perf_counter() - t0
     estimates = {m: torch.stack(v) for m, v in est.items()}
     scores = {}
     for m, E in estimates.items():
-        rows = [score_estimate(p.truth, E[i], p.y, p.operator, p.sigma) for i, p in enumerate(problems)]
+        rows = [score_estimate(p.truth, E[i], p.y, p.operator, p.sigma) if torch.isfinite(E[i]).all()
+                else dict.fromkeys(("psnr", "ssim", "flux_error", "chi2"), math.nan)  # diverged: no estimate
+                for i, p in enumerate(problems)]
         scores[m] = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     return MockValidation(problems, estimates, scores, post, settings, wall, dps_zeta)
 
 
 def metrics_rows(val: MockValidation) -> list[list[str]]:
     """Table rows ``[method, PSNR, SSIM, flux error, chi^2]``, each ``mean $\\pm$ std`` over
-    the mock set (std with ddof = 1; 0 for a single mock)."""
+    the mocks on which the method did not diverge (std with ddof = 1; 0 for a single mock);
+    the method's label says on how many it diverged."""
 
     def f(v: float, fmt: str) -> str:  # diverged estimates give huge values: keep them short
         return fmt.format(v) if not np.isfinite(v) or abs(v) < 1e4 else f"{v:.2g}"
 
-    def pm(a: np.ndarray, fmt: str) -> str:
+    def pm(a: np.ndarray, fmt: str, ok: np.ndarray) -> str:
+        a = a[ok]
+        if a.size == 0:
+            return "diverged"
         with np.errstate(all="ignore"):
             m, s = float(np.mean(a)), float(np.std(a, ddof=1)) if a.size > 1 else 0.0
         return f"{f(m, fmt)} $\\pm$ {f(s, fmt)}"
 
     rows = []
     for m, sc in val.scores.items():
-        rows.append([LABELS[m], pm(sc["psnr"], "{:.2f}"), pm(sc["ssim"], "{:.3f}"),
-                     pm(100 * sc["flux_error"], "{:.1f}") + r"\,\%", pm(sc["chi2"], "{:.2f}")])
+        ok = ~diverged_mocks(val, m)
+        label = LABELS[m] + ("" if ok.all() else f" ({int((~ok).sum())} of {ok.size} diverged)")
+        rows.append([label, pm(sc["psnr"], "{:.2f}", ok), pm(sc["ssim"], "{:.3f}", ok),
+                     pm(100 * sc["flux_error"], "{:.1f}", ok) + r"\,\%", pm(sc["chi2"], "{:.2f}", ok)])
     return rows
+
+
+def diverged_mocks(val: MockValidation, method: str) -> np.ndarray:
+    """Boolean ``(n_mock,)``: the mocks on which ``method`` diverged (no usable estimate)."""
+    if method in val.posteriors:
+        return np.array([r is None for r in val.posteriors[method]])
+    return ~np.isfinite(val.estimates[method].flatten(1).numpy()).all(1)
 
 
 def calibration_summary(results: Sequence, levels: Sequence[float] = (0.68, 0.95), seed: int = 0) -> dict[str, Any]:
