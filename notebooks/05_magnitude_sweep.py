@@ -56,7 +56,7 @@ for m, s, v, c in zip(single.mags, single.snr, single.variance_ratio_aperture, s
 # ## Several galaxies: the spread
 
 # %%
-n_gal = {"smoke": 1, "quick": 3}.get(P.name, 8)
+n_gal = {"smoke": 1, "quick": 2}.get(P.name, 8)
 many = sweeps.galaxy_sweeps(test_set.images[1 : 1 + n_gal], diffusion_prior, hsc.sigma, seed=P.seed + 1, **kw)
 stats = sweeps.sweep_rows([single] + many)
 print(f"{stats['n_galaxies']} galaxies: variance ratio {np.round(stats['vr_mean'], 4)} +- {np.round(stats['vr_std'], 4)}")
