@@ -11,7 +11,7 @@ One fixed mock observation (the first held-out synthetic galaxy at z = 0.21677, 
 noise; ``diffdecon.validation.mock_set``) is inverted three ways, in one run:
 
 * ``published``: the paper's loop, one posterior sample at a time, DPS with all
-  T = 1000 ancestral steps, ``paper`` convention (zeta = 1, i.e. zeta_t = 1/||r|| on the
+  T = 1000 ancestral steps, ``paper`` convention (zeta = ``--zeta``, 1 as published, i.e. zeta_t = 1/||r|| on the
   squared norm). It is slow on a CPU, so only ``--loop-samples`` samples are drawn (a
   rate measured on few samples; said so in the output).
 * ``dps_batched``: the same DPS, all ``--n`` samples in one batch, ``--dps-steps`` (<= 100) steps.
@@ -142,6 +142,23 @@ def _run(label: str, fn, n_expected: int, problem, reset_ok: bool, device=None) 
     return rec, x
 
 
+def speed_target(records: list[dict], at_least: float = 30.0) -> dict:
+    """Is some batched method (``records[1:]``) ``at_least`` times faster than the published
+    loop (``records[0]``) with an equal or better per-sample PSNR and an equal or lower
+    per-sample chi^2? ``best_batched``: the fastest method that qualifies, else the fastest."""
+    base = records[0]
+
+    def ok(r):
+        return bool(r["speedup"] >= at_least and r["psnr_per_sample"] >= base["psnr_per_sample"]
+                    and r["chi2_per_sample"] <= base["chi2_per_sample"])
+
+    fastest = lambda rs: max(rs, key=lambda r: r["speedup"] if np.isfinite(r["speedup"]) else -1)  # noqa: E731
+    qualifying = [r for r in records[1:] if ok(r)]
+    best = fastest(qualifying or records[1:])
+    return {"speedup_at_least": at_least, "best_batched": best["method"], "speedup": best["speedup"],
+            "met": bool(qualifying), "qualifying": [r["method"] for r in qualifying]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto", choices=["auto", "quick", "smoke"])
@@ -151,6 +168,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
     parser.add_argument("--mmps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
     parser.add_argument("--cg-iters", type=int, default=None, help="default: validation.sampler_settings")
+    parser.add_argument("--zeta", type=float, default=1.0,
+                        help="DPS guidance scale, paper convention, for the published loop and batched DPS "
+                             "(default 1.0 as published; it diverges on the quick model in flux units, see "
+                             "validation.DPS_ZETA_LADDER)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu",
                         help="cpu or cuda (default cpu; cuda results go to results/bench_sampling_gpu.json)")
@@ -198,7 +219,7 @@ def main(argv=None) -> int:
     def published():
         xs, valid = [], []
         for i in range(args.loop_samples):
-            x, v = samplers.dps(prior, y, fwd, sig, gen(10 + i), 1, steps=T, zeta=1.0,
+            x, v = samplers.dps(prior, y, fwd, sig, gen(10 + i), 1, steps=T, zeta=args.zeta,
                                 convention="paper", on_divergence="mask", progress=False)
             xs.append(x)
             valid.append(v)
@@ -206,7 +227,7 @@ def main(argv=None) -> int:
 
     def dps_batched():
         gens = [gen(100 + i) for i in range(args.n)]
-        return samplers.dps(prior, y, fwd, sig, gens, args.n, steps=args.dps_steps, zeta=1.0, convention="paper",
+        return samplers.dps(prior, y, fwd, sig, gens, args.n, steps=args.dps_steps, zeta=args.zeta, convention="paper",
                             on_divergence="mask", progress=False)
 
     def mmps_batched():
@@ -234,16 +255,14 @@ def main(argv=None) -> int:
         for k in ("psnr_mean", "psnr_per_sample", "chi2_mean", "chi2_per_sample"):
             rec[f"{k}_ratio"] = ratio(rec[k], base[k])
         rec["psnr_per_sample_diff_db"] = float(rec["psnr_per_sample"] - base["psnr_per_sample"])
-    best = max(records[1:], key=lambda r: r["speedup"] if np.isfinite(r["speedup"]) else -1)
-    target = {"speedup_at_least": 30.0, "best_batched": best["method"], "speedup": best["speedup"],
-              "met": bool(best["speedup"] >= 30 and best["psnr_per_sample"] >= base["psnr_per_sample"]
-                          and best["chi2_per_sample"] <= base["chi2_per_sample"])}
+    target = speed_target(records)
+    best = next(r for r in records if r["method"] == target["best_batched"])
     out = {"profile": P.name, "note": note, "checkpoint": str(getattr(prior, "checkpoint_path", "")),
            "checkpoint_sha256": getattr(prior, "checkpoint_sha256", None), "mock_z": mk.z,
            "mock_source": mk.reference.source, "threads": args.threads, "cpu_count": os.cpu_count(),
            "load_average": list(os.getloadavg()), "machine": platform.platform(), "torch": torch.__version__,
            "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-           "published_loop_samples": args.loop_samples,
+           "published_loop_samples": args.loop_samples, "dps_zeta": args.zeta,
            "published_loop_note": f"rate measured on {args.loop_samples} sample(s) only: the loop is slow on a CPU",
            "target": target, "methods": records}
     default_name = "bench_sampling.json" if dev.type == "cpu" else "bench_sampling_gpu.json"
