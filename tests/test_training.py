@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from types import SimpleNamespace
 
@@ -105,6 +106,25 @@ def test_wrong_image_shape_is_refused(tmp_path):
     ds = SimpleNamespace(images=np.ones((4, 3, 8, 8), np.float32), manifest_hash="x")
     with pytest.raises(ValueError, match="needs"):
         train(TINY, ds, out_dir=tmp_path, progress=False)
+
+
+def test_smoke_prior_cache_made_by_other_code_is_retrained(tmp_path, capsys, monkeypatch):
+    """A cached smoke prior whose config differs (older code) is retrained, never refused or reused."""
+    from diffdecon import training
+
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    tiny = dataclasses.replace(TINY, train_steps=2)
+    ds = _dataset()
+    ds.manifest = {"test": "tiny dataset"}
+    first = training.prior_directory(tiny, ds, progress=False)
+    assert "recomputed" in capsys.readouterr().out
+    assert training.prior_directory(tiny, ds, progress=False) == first
+    assert "cache hit" in capsys.readouterr().out
+    changed = dataclasses.replace(tiny, lr=5e-4)  # what a code change to the profile looks like
+    training.prior_directory(changed, ds, progress=False)
+    out = capsys.readouterr().out
+    assert "does not match" in out and "config.lr" in out and "recomputed" in out
+    assert json.loads((first / "config.json").read_text())["config"]["lr"] == 5e-4
 
 
 def test_ema_decay_warmup():

@@ -543,7 +543,8 @@ def prior_directory(profile: Profile | str, dataset=None, progress: bool = True)
 
     * ``smoke``: trains the tiny smoke model (seconds) in ``<cache>/training/smoke/`` and
       exports it to ``<cache>/models/smoke/`` (never into the committed ``models/``); a
-      finished run is reused (cache hit).
+      finished run of the same config and dataset is reused (cache hit), one made with other
+      inputs (an older version of the code) is retrained, and the mismatch is printed.
     * other profiles: the committed ``models/<profile>/``, checked against the config and
       the dataset hash; prints ``cache hit``. Raises ``FileNotFoundError`` naming
       ``make train`` when it is absent (training a quick model takes about an hour).
@@ -555,10 +556,19 @@ def prior_directory(profile: Profile | str, dataset=None, progress: bool = True)
         dataset = build_dataset(profile)
     if profile.name == "smoke":
         dest = paths.cache_dir() / "models" / "smoke"
-        if committed_matches(profile, dataset.manifest_hash, dest_dir=dest):
-            print(f"[diffdecon] cache hit: smoke prior {dest}")
-            return dest
-        result = train(profile, dataset, progress=progress)
+        try:
+            if committed_matches(profile, dataset.manifest_hash, dest_dir=dest):
+                print(f"[diffdecon] cache hit: smoke prior {dest}")
+                return dest
+            stale = False
+        except CheckpointMismatchError as err:  # made by another version of the code: never reused
+            print(f"[diffdecon] cached smoke prior does not match ({err}); retraining it")
+            stale = True
+        try:
+            result = train(profile, dataset, progress=progress, retrain=stale)
+        except CheckpointMismatchError as err:
+            print(f"[diffdecon] smoke training checkpoint does not match ({err}); retraining from scratch")
+            result = train(profile, dataset, progress=progress, retrain=True)
         if not result.finished:
             raise RuntimeError(f"smoke training stopped at step {result.step}")
         export_checkpoint(profile, result.run_dir, dest, dataset_manifest=dataset.manifest)
