@@ -78,7 +78,8 @@ print(f"{len(dataset)} training images of {P.image_size} px; UNet {n_params / 1e
 # %%
 log = training.read_log(model_dir / training.LOG_FILE)
 fig = training.training_curve_figure(
-    log, title=f"{P.prediction}-prediction loss, profile {P.name} (synthetic galaxies)")
+    log, title=f"{P.prediction}-prediction loss, profile {P.name} (synthetic galaxies)",
+    prediction=P.prediction)
 plotting.mark_synthetic(fig)
 plotting.save_figure(fig, "prior_training_curve")
 print(f"{len(log)} steps of {P.batch_size} images, final running-mean loss "

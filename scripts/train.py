@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[train] stopped at step {result.step}/{profile.train_steps}; run again to resume")
         return 0
     dest = export_checkpoint(profile, result.run_dir, dataset_manifest=dataset.manifest)
-    fig = training_curve_figure(result.log, title=f"training loss, profile {profile.name} (synthetic galaxies)")
+    fig = training_curve_figure(result.log, title=f"training loss, profile {profile.name} (synthetic galaxies)",
+                                prediction=profile.prediction)
     plotting.save_figure(fig, "training_curve", directory=dest)
     print(json.dumps({"step": result.step, "final_loss": result.log[-1]["loss"] if result.log else None}))
     print(f"[train] {time.strftime('%Y-%m-%d %H:%M:%S')} done", flush=True)

@@ -237,3 +237,20 @@ def test_resume_after_sigkill_subprocess(tmp_path):
     assert a["step"] == b["step"] == n
     assert all(torch.equal(a["ema"][key], b["ema"][key]) for key in b["ema"])
     assert all(torch.equal(a["model"][key], b["model"][key]) for key in b["model"])
+
+
+def test_training_curve_names_the_regression_target():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffdecon.training import training_curve_figure
+
+    log = [{"step": k, "loss": 1.0 / k} for k in range(1, 40)]
+    for prediction, label in (("epsilon", r"$\epsilon$-MSE loss"), ("v", "$v$-MSE loss")):
+        fig = training_curve_figure(log, prediction=prediction)
+        assert fig.axes[0].get_ylabel() == label
+        plt.close(fig)
+    with pytest.raises(ValueError, match="expected one of 'epsilon', 'v'"):
+        training_curve_figure(log, prediction="x0")

@@ -517,8 +517,13 @@ def load_snapshot(profile: Profile | str, step: int, directory: str | Path | Non
     return prior
 
 
-def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: int = 25):
-    """Loss vs step (raw and running mean over ``smooth`` steps); returns the figure."""
+def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: int = 25,
+                          prediction: str = "epsilon"):
+    """Loss vs step (raw and running mean over ``smooth`` steps); returns the figure.
+
+    ``prediction`` ("epsilon" or "v", :attr:`Profile.prediction`) names the regression
+    target on the loss axis (dimensionless: images are in the [-1, 1] prior space).
+    """
     import matplotlib.pyplot as plt
 
     steps = np.array([r["step"] for r in log])
@@ -530,7 +535,10 @@ def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: in
         ax.plot(steps[smooth - 1:], np.convolve(loss, k, mode="valid"), lw=1.5, color="C0",
                 label=f"running mean ({smooth})")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(r"$\epsilon$-MSE loss")
+    target = {"epsilon": r"$\epsilon$", "v": r"$v$"}.get(prediction)
+    if target is None:
+        raise ValueError(f"prediction={prediction!r}: expected one of 'epsilon', 'v'")
+    ax.set_ylabel(f"{target}-MSE loss")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
