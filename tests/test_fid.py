@@ -98,3 +98,49 @@ def test_galaxy_encoder_cached_and_floor(tmp_path, monkeypatch):
     assert np.isfinite(floor) and floor >= -1e-9
     with pytest.raises(ValueError, match="need 2 n"):
         fid.training_floor(enc, x, 21, seed=0)
+
+
+def test_paired_bootstrap_keeps_the_pairing():
+    """Identical paired sets differ by exactly 0 in every replicate; a set shifted by a
+    known mean offset (per dimension 0.5, D = 4, so FID ~ 4 * 0.25 = 1 above the other)
+    stays above it in every replicate; the spread of the difference is far below the spread
+    of each FID (pairing removes the common noise of the reference and sample draws)."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(400, 4))
+    a = rng.normal(size=(300, 4))
+    b = a + 0.5
+    bs = fid.paired_bootstrap_fid(ref, [a, a.copy(), b], n_boot=60, seed=1)
+    assert bs.shape == (60, 3)
+    np.testing.assert_array_equal(bs[:, 0], bs[:, 1])
+    d = bs[:, 2] - bs[:, 0]
+    assert np.all(d > 0)
+    assert abs(np.median(d) - 1.0) < 0.3  # ||0.5 1||^2 = 1 (tolerance: sampling noise of 300 rows)
+    # same seed, same replicates; another seed, other replicates
+    np.testing.assert_array_equal(bs, fid.paired_bootstrap_fid(ref, [a, a.copy(), b], n_boot=60, seed=1))
+    assert not np.array_equal(bs, fid.paired_bootstrap_fid(ref, [a, a.copy(), b], n_boot=60, seed=2))
+
+
+def test_paired_bootstrap_rejects_unpaired_sets():
+    ref = np.zeros((10, 3)) + np.arange(10)[:, None]
+    with pytest.raises(ValueError, match="paired sets need the same rows"):
+        fid.paired_bootstrap_fid(ref, [np.ones((8, 3)), np.ones((9, 3))])
+    with pytest.raises(ValueError, match="feature dimension"):
+        fid.paired_bootstrap_fid(ref, [np.ones((8, 2))])
+    with pytest.raises(ValueError, match="sets is empty"):
+        fid.paired_bootstrap_fid(ref, [])
+    with pytest.raises(ValueError, match="n_boot"):
+        fid.paired_bootstrap_fid(ref, [np.ones((8, 3))], n_boot=1)
+
+
+def test_fid_table_rows_and_fall_criterion():
+    steps = [2400, 3000, 3600, 4200]  # quick profile's snapshots (4/7 .. 1 of 4200)
+    fids = dict(zip(steps, [7.0, 6.8, 6.7, 6.5]))
+    sd = {s: 1.0 for s in steps}
+    change = {s: (fids[s] - 7.0, 0.1) for s in steps}
+    rows = fid.fid_table_rows("quick", fids, 0.4, sd, change)
+    assert [r[3] for r in rows[:4]] == steps and rows[0][6] == "" and rows[3][6] == r"-0.500 $\pm$ 0.100"
+    assert rows[-1][:5] == ["floor", "", "", "", 0.4] and len(rows[-1]) == len(rows[0]) == 7
+    assert len(fid.fid_table_rows("quick", fids, 0.4)[0]) == 5
+    ev = SimpleNamespace(steps=steps, change=change)
+    assert fid.PriorEvaluation.falls(ev, 2.0)  # 0.5 > 2 x 0.1
+    assert not fid.PriorEvaluation.falls(ev, 6.0)  # 0.5 < 6 x 0.1
