@@ -378,3 +378,66 @@ def redshift_sweep_figure(z, m, upsampling, vr_aperture, *, profile: str, source
     mark_synthetic(fig, f"SYNTHETIC galaxy (GalSim), mock observations; PSF and noise: {source}")
     fig.tight_layout()
     return fig
+
+
+def conditional_samples_figure(truth, observation, samples: dict, reconvolved: dict, n_show: int = 3,
+                               profile: str = ""):
+    """Xue et al. (2023) Figs. 2-3 side by side: for one observation, the clean image and the
+    observation, then ``n_show`` samples of each model (top) with their re-convolutions
+    ``Pi * y`` minus the observation (bottom). Images ``(1, H, W)`` or ``(H, W)`` on a
+    [0, 1] peak-normalised linear scale, shown with an asinh stretch; residuals on a
+    symmetric linear scale shared by all panels. ``samples`` and ``reconvolved`` map a model
+    name to ``(n, 1, H, W)`` arrays."""
+    from matplotlib.colors import AsinhNorm
+
+    names = list(samples)
+    ncols = 2 + n_show * len(names)
+    fig, axes = plt.subplots(2, ncols, figsize=(1.35 * ncols, 3.0), squeeze=False)
+    norm = AsinhNorm(linear_width=0.02, vmin=0, vmax=1)
+    obs = to_numpy(observation).squeeze()
+    res = {k: to_numpy(reconvolved[k])[:n_show, 0] - obs for k in names}
+    lim = max(float(np.abs(r).max()) for r in res.values()) or 1.0
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].imshow(to_numpy(truth).squeeze(), origin="lower", cmap="magma", norm=norm)
+    axes[0, 0].set_title("clean y", fontsize=7)
+    axes[0, 1].imshow(obs, origin="lower", cmap="magma", norm=norm)
+    axes[0, 1].set_title(r"observed $\Pi * y$", fontsize=7)
+    axes[1, 0].set_axis_off()
+    axes[1, 1].set_axis_off()
+    im = None
+    for m, name in enumerate(names):
+        s = to_numpy(samples[name])
+        for j in range(n_show):
+            c = 2 + m * n_show + j
+            axes[0, c].imshow(s[j, 0], origin="lower", cmap="magma", norm=norm)
+            axes[0, c].set_title(f"{name} {j + 1}", fontsize=7)
+            im = axes[1, c].imshow(res[name][j], origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[1, 2].set_ylabel(r"$\Pi * \hat y - x$", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    fig.suptitle(f"conditional samples (top) and re-convolution residuals (bottom), profile {profile}", fontsize=8)
+    mark_synthetic(fig)
+    return fig
+
+
+def reconvolution_mse_figure(mse: dict, eps: float, profile: str = ""):
+    """Histograms of the per-sample re-convolution MSE of each model (log axis) and the
+    validity threshold ``eps`` (dimensionless, images on [0, 1])."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    vals = {k: np.clip(to_numpy(v).ravel(), 1e-12, None) for k, v in mse.items()}
+    lo = min(float(v.min()) for v in vals.values())
+    hi = max(float(v.max()) for v in vals.values())
+    bins = np.logspace(np.log10(min(lo, eps) / 2), np.log10(max(hi, eps) * 2), 40)
+    for k, v in vals.items():
+        ax.hist(v, bins=bins, histtype="step", lw=1.5, label=k)
+    ax.axvline(eps, color="k", ls="--", lw=1, label=rf"$\epsilon$ = {eps:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"mean $(\Pi * \hat y - x)^2$ per sample")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=7)
+    ax.set_title(f"validity of the samples, profile {profile}", fontsize=8)
+    fig.tight_layout()
+    mark_synthetic(fig)
+    return fig
