@@ -60,9 +60,8 @@ print(f"{len(train.y)} training and {len(test.y)} test pairs of {size} px; PSF s
 
 # %%
 diffusion, cvae, losses = conditional.train_models(P, train)
-for name, model, steps in (("conditional diffusion", diffusion, cfg.diffusion_steps),
-                           ("CVAE", cvae, cfg.cvae_steps)):
-    key = "diffusion" if model is diffusion else "cvae"
+for name, key, model, steps in (("conditional diffusion", "diffusion", diffusion, cfg.diffusion_steps),
+                                ("CVAE", "cvae", cvae, cfg.cvae_steps)):
     print(f"{name}: {count_parameters(model) / 1e6:.2f} M parameters, {steps} steps of {cfg.batch}, "
           f"final loss (mean of last 50) {np.mean(losses[key][-50:]):.4g}")
 

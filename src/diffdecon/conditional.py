@@ -29,16 +29,16 @@ widths 2.0 .. 4.0 px on a 128 px image, scaled to the same fraction of the image
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cache, paths
+from . import cache, paths, physics
 from .config import Profile, get_profile
 from .prior import NoiseSchedule
 
@@ -89,7 +89,6 @@ class ConditionalConfig:
     psf_size: int
     checkpoint_every: int
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 CONFIGS = {
@@ -131,13 +130,10 @@ def psf_sigmas(image_size: int) -> tuple[float, ...]:
 def gaussian_kernel(sigma_px: float, size: int) -> torch.Tensor:
     """Normalised isotropic Gaussian PSF ``(size, size)`` of width ``sigma_px`` [px], float32,
     sampled at pixel centres (``size`` odd, centre at ``size // 2``)."""
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"size={size!r}: expected an odd positive int [px]")
     if not sigma_px > 0:
         raise ValueError(f"sigma_px={sigma_px!r}: expected > 0 [px]")
-    r = torch.arange(size, dtype=torch.float64) - size // 2
-    k = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma_px**2))
-    return (k / k.sum()).float()
+    fwhm_px = sigma_px * 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM = 2 sqrt(2 ln 2) sigma
+    return torch.from_numpy(physics.gaussian_psf(fwhm_px, size, pixel_scale_arcsec=1.0)).float()
 
 
 def convolve(y: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
@@ -429,7 +425,6 @@ def train_model(name: str, model: torch.nn.Module, loss_fn, train: Pairs, steps:
 
     directory = Path(directory)
     ckpt = directory / "checkpoint.pt"
-    torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses: list[float] = []
@@ -478,8 +473,8 @@ def _train_cached(profile: Profile, kind: str, train: Pairs, progress: bool, for
             return m.loss(y, x, psf, g, cfg.alpha, cfg.beta)
     else:
         raise ValueError(f"kind={kind!r}: expected 'diffusion' or 'cvae'")
-    data_hash = cache.hash_inputs({"y": float(train.y.double().sum()), "x": float(train.x.double().sum()),
-                                   "psf": float(train.psf.double().sum()), "n": len(train.y), "size": size})
+    data_hash = {k: [list(v.shape), hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()[:16]]
+                 for k, v in (("y", train.y), ("x", train.x), ("psf", train.psf))}
     inputs = {"kind": kind, "profile": profile.name, "config": asdict(cfg), "data": data_hash, "arch": "v1",
               "prediction": profile.prediction if kind == "diffusion" else None}
     key = cache.hash_inputs(inputs)
