@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffdecon import conditional as C
+from diffdecon.config import get_profile
 
 
 def test_psf_widths_scale_with_the_image_and_kernels_are_normalised():
@@ -151,3 +152,21 @@ def test_compare_scores_both_models_and_the_figures_build(tmp_path):
     assert len(plotting.save_figure(fig, "cond", directory=tmp_path)) == 2
     fig = plotting.reconvolution_mse_figure(cmp.mse, 1e-4, profile="smoke")
     assert len(plotting.save_figure(fig, "mse", directory=tmp_path)) == 2
+
+
+def test_trained_models_are_reproducible_from_the_config_seed(tmp_path, monkeypatch):
+    """Two trainings of the smoke models in fresh caches give identical weights, whatever the
+    global RNG state before (the initial weights are drawn from the config's seed), and leave
+    the global RNG state as it was."""
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "a"))
+    pairs = C.make_pairs(torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(4)),
+                         C.psf_sigmas(16), C.get_config("smoke").psf_size, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    a, _ = C._train_cached(get_profile("smoke"), "cvae", pairs, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "b"))
+    torch.manual_seed(2)
+    b, _ = C._train_cached(get_profile("smoke"), "cvae", pairs, progress=False)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)

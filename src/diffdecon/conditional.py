@@ -460,22 +460,28 @@ def _train_cached(profile: Profile, kind: str, train: Pairs, progress: bool, for
     cfg = get_config(profile)
     size = train.y.shape[-1]
     if kind == "diffusion":
-        model = ConditionalDiffusion(size, cfg.channels, cfg.T, profile.prediction)
+        def make():
+            return ConditionalDiffusion(size, cfg.channels, cfg.T, profile.prediction)
         steps = cfg.diffusion_steps
 
         def loss_fn(m, y, x, psf, g):
             return m.loss(y, x, psf, g, cfg.p_uncond)
     elif kind == "cvae":
-        model = CVAE(size, cfg.latent)
+        def make():
+            return CVAE(size, cfg.latent)
         steps = cfg.cvae_steps
 
         def loss_fn(m, y, x, psf, g):
             return m.loss(y, x, psf, g, cfg.alpha, cfg.beta)
     else:
         raise ValueError(f"kind={kind!r}: expected 'diffusion' or 'cvae'")
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
+        torch.manual_seed(cfg.seed)
+        model = make()
     data_hash = {k: [list(v.shape), hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()[:16]]
                  for k, v in (("y", train.y), ("x", train.x), ("psf", train.psf))}
     inputs = {"kind": kind, "profile": profile.name, "config": asdict(cfg), "data": data_hash, "arch": "v1",
+              "init": "seeded",
               "prediction": profile.prediction if kind == "diffusion" else None}
     key = cache.hash_inputs(inputs)
     root = paths.cache_dir() / "conditional"
