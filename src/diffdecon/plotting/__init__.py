@@ -11,8 +11,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import paths
-from .cache import atomic_path
+from .. import paths
+from ..cache import atomic_path
 
 
 def to_numpy(x) -> np.ndarray:
