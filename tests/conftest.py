@@ -27,8 +27,21 @@ def generator() -> torch.Generator:
 
 @pytest.fixture
 def device() -> torch.device:
-    """Tests run on the CPU: CI has no GPU."""
-    return torch.device("cpu")
+    """The device of device-generic tests: the CPU (CI has no GPU), or the one named by the
+    environment variable DIFFDECON_TEST_DEVICE (e.g. ``cuda``) to run them on an accelerator."""
+    import os
+
+    return torch.device(os.environ.get("DIFFDECON_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op torch thread per test: the test tensors are small, and on a machine
+    shared by several jobs more threads only contend for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -80,34 +80,6 @@ def test_forward_model_attributes():
     assert fm.z == 0.8463 and fm.obs_size == 96
 
 
-# ---------------------------------------------------------------- adjointness
-
-ADJOINT_CASES = [
-    # (z, m [obs px], image_size, obs_size, psf side, center_offset (dy, dx), n_bands)
-    pytest.param(0.30, 13.7, 32, 17, 5, (0.0, 0.0), 2, id="downsample"),
-    pytest.param(0.20, 21.3, 12, 24, 7, (0.3, -1.7), 2, id="upsample-offset"),
-    pytest.param(0.17, 16.0, 16, 16, 3, (0.0, 0.0), 3, id="identity-scale"),
-    pytest.param(0.85, 30.0, 40, 20, 9, (2.5, -0.5), 1, id="field-larger-than-obs"),
-    pytest.param(0.50, 9.1, 20, 11, 1, (-0.25, 0.6), 2, id="delta-psf"),
-    pytest.param(0.40, 14.0, 18, 15, 5, (0.0, 0.0), None, id="broadcast-2d-psf"),
-]
-
-
-@pytest.mark.parametrize("z, m, image_size, obs_size, k, offset, n_bands", ADJOINT_CASES)
-def test_adjointness(z, m, image_size, obs_size, k, offset, n_bands, generator):
-    # <A x, y> = <x, A^T y> in float64. Tolerance 1e-6 relative: both sides are sums of a
-    # few thousand float64 products (rounding ~1e-14); a wrong flip, pad or transpose gives
-    # O(1) errors.
-    fm = make_fm(z, m, image_size, obs_size, k, offset, n_bands)
-    C = n_bands or 3
-    x = torch.randn(2, C, image_size, image_size, generator=generator, dtype=torch.float64)
-    y = torch.randn(2, C, obs_size, obs_size, generator=generator, dtype=torch.float64)
-    for fwd, adj in ((fm.A, fm.A_adjoint), (fm.resample, fm.resample_adjoint)):
-        lhs = torch.sum(fwd(x) * y)
-        rhs = torch.sum(x * adj(y))
-        assert abs(lhs - rhs) <= 1e-6 * abs(lhs), (lhs, rhs)
-
-
 # ---------------------------------------------------------------- resampling f_{z,p}
 
 

@@ -14,15 +14,6 @@ from diffdecon.prior import (DiffusionPrior, NoiseSchedule, build_unet, cosine_a
                              normalise, stretch, to_flux, unstretch)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine two threads are several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SMOKE = get_profile("smoke")
 
 
