@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffdecon.config import get_profile
     from diffdecon.galaxies import build_dataset
     from diffdecon.prior import checkpoint_dir
-    from diffdecon.training import (TrainOptions, committed_matches, export_checkpoint, train,
-                                    training_curve_figure)
+    from diffdecon.plotting.training import training_curve_figure
+    from diffdecon.training import TrainOptions, committed_matches, export_checkpoint, train
 
     profile = get_profile(args.profile)
     options = TrainOptions(batch_size=args.batch_size)

@@ -245,7 +245,7 @@ def test_training_curve_names_the_regression_target():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffdecon.training import training_curve_figure
+    from diffdecon.plotting.training import training_curve_figure
 
     log = [{"step": k, "loss": 1.0 / k} for k in range(1, 40)]
     for prediction, label in (("epsilon", r"$\epsilon$-MSE loss"), ("v", "$v$-MSE loss")):

@@ -1,4 +1,4 @@
-"""Training of the diffusion prior: loop, checkpoints, resume, EMA, export.
+"""Training of the diffusion prior (through the package's one loop, :mod:`diffdecon.loop`) and export.
 
 The objective is the simple epsilon loss of Ho et al. (2020), eq. 14:
 ``L = E_{x_0, t, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2``
@@ -25,6 +25,8 @@ Choices, stated
 * Images are normalised per batch with :func:`diffdecon.prior.normalise` (total flux
   fixed to ``flux_norm``, asinh stretch) *after* the shift, which conserves flux.
 * CUDA: bf16 autocast. CPU: ``torch.use_deterministic_algorithms(True)``.
+* The optimiser step, EMA, checkpoints, resume and the GPU path are those of
+  :func:`diffdecon.loop.run_loop`, shared with every other model of the package.
 * Checkpoints (atomic): config, dataset manifest hash, step, model, optimiser, EMA, RNG
   states (loop generator, torch global, numpy global), the training log. A killed run
   resumes from the last one and repeats at most ``checkpoint_every`` steps; the resumed
@@ -33,12 +35,8 @@ Choices, stated
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,9 @@ import torch
 
 from . import cache, paths
 from .config import Profile, get_profile
+from .loop import (CHECKPOINT_FILE, LOG_FIELDS, LOG_FILE, CheckpointMismatchError, Loop,  # noqa: F401 (re-exported)
+                   SimulatedKill, TrainResult, check_checkpoint, ema_decay_at, ema_update, log_csv, read_log,
+                   run_loop, save_torch_atomic)
 from .prior import CONFIG_FILE, WEIGHTS_FILE, DiffusionPrior, checkpoint_dir, count_parameters
 
 FID_FRACTIONS: tuple[float, ...] = (300 / 525, 375 / 525, 450 / 525, 1.0)
@@ -58,22 +59,9 @@ PAPER_FID_STEPS: tuple[int, ...] = (300_000, 375_000, 450_000, 525_000)
 PAPER_FID: tuple[float, ...] = (317.3, 235.3, 119.4, 132.6)
 """Published FID (Inception, 1024 samples) at :data:`PAPER_FID_STEPS`."""
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "train_log.csv"
-LOG_FIELDS = ("step", "loss", "lr", "ema_decay", "shift", "elapsed_s", "images_per_s")
-
-
 INFERENCE_FIELDS: tuple[str, ...] = ("sampling_steps", "cg_iters", "n_posterior", "n_prior", "n_mock")
 """Profile fields that are recorded in a checkpoint but not compared: they size posterior
 sampling, not training, so changing them keeps the trained weights valid."""
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint was made with another configuration or dataset than the one asked for."""
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by :func:`train` after ``kill_after_step`` steps (tests of resume-after-kill)."""
 
 
 @dataclass(frozen=True)
@@ -127,20 +115,6 @@ def learning_rate_at(k: int, profile: Profile) -> float:
     return lr
 
 
-def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
-    """EMA decay used after optimizer step ``step`` (1-based)."""
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for every parameter and float buffer."""
-    # one fused update instead of a kernel per tensor
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
 def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int, dihedral: bool) -> torch.Tensor:
     """Random dihedral transform and integer roll of up to ``max_shift`` px per axis, per image.
 
@@ -174,92 +148,48 @@ def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int, di
     return out
 
 
-def save_torch_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` to ``path`` atomically."""
-    with cache.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+# --------------------------------------------------------------------------- the denoising loss
 
 
-def _log_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r[k] for k in LOG_FIELDS})
-    return buf.getvalue()
+def v_target(x0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` (Salimans & Ho 2022, eq. 9); ``a`` is
+    ``abar_t`` broadcastable to ``x0`` (the inverse conversions are in :mod:`diffdecon.prior`)."""
+    return a.sqrt() * eps - (1 - a).sqrt() * x0
 
 
-def read_log(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a training log CSV (step, loss, ema_decay, shift, elapsed_s, images_per_s)."""
-    with open(path) as f:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+def denoising_loss(net, abar: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   prediction: str = "epsilon", amp: bool = False) -> torch.Tensor:
+    """The denoising loss of every diffusion model of the package (a 0-d tensor).
 
-
-def check_checkpoint(state: dict[str, Any], config: dict[str, Any], dataset_hash: str, path) -> None:
-    """Refuse a checkpoint made with another config or dataset, naming the differing fields.
-
-    Raises
-    ------
-    CheckpointMismatchError
+    ``net(x_t, t)`` returns the network output (epsilon or v) like ``x0``; ``x0`` model-space
+    images ``(B, C, H, W)`` (dimensionless); ``t`` integer times ``(B,)``; ``eps`` standard
+    normal like ``x0``; ``abar`` the cumulative alphas ``(T,)`` on ``x0``'s device.
+    ``prediction``: ``"epsilon"`` (Ho et al. 2020, eq. 14) or ``"v"``; ``amp``: bf16 autocast
+    of the network (GPU).
     """
-    problems = []
-    old = state.get("config", {})
-    # fields that only size the inference (samplers, notebooks) do not touch the weights
-    keys = sorted((set(old) | set(config)) - set(INFERENCE_FIELDS))
-    diff = [k for k in keys if cache.canonical_json(old.get(k)) != cache.canonical_json(config.get(k))]
-    for k in diff:
-        problems.append(f"config.{k}: checkpoint {old.get(k)!r} vs now {config.get(k)!r}")
-    if state.get("dataset_hash") != dataset_hash:
-        problems.append(f"dataset_hash: checkpoint {state.get('dataset_hash')!r} vs now {dataset_hash!r}")
-    if problems:
-        raise CheckpointMismatchError(
-            f"refusing to resume from {path}: it was made with other inputs ("
-            + "; ".join(problems) + "). Delete it or pass retrain=True (--retrain).")
-
-
-# --------------------------------------------------------------------------- training loop
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns."""
-
-    run_dir: Path
-    step: int
-    finished: bool
-    log: list[dict[str, Any]]
-    ema: torch.nn.Module
-    model: torch.nn.Module
-    config: dict[str, Any]
-    dataset_hash: str
+    if prediction not in ("epsilon", "v"):
+        raise ValueError(f"prediction={prediction!r}: accepted values epsilon, v")
+    a = abar[t].view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # DDPM eq. 4
+    target = eps if prediction == "epsilon" else v_target(x0, eps, a)
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp):
+        pred = net(x_t, t)
+    return torch.mean((pred.float() - target) ** 2)  # Ho et al. eq. 14 (with v: its v analogue)
 
 
 def training_step(model: torch.nn.Module, opt: torch.optim.Optimizer, abar: torch.Tensor,
                   x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, use_amp: bool = False,
                   prediction: str = "epsilon") -> torch.Tensor:
-    """One optimizer step of the denoising loss; returns the loss (a 0-d tensor, not synchronised).
-
-    ``x0`` prior-space images ``(B, C, H, W)`` in [-1, 1]; ``t`` integer times ``(B,)``;
-    ``eps`` standard normal noise like ``x0``; ``abar`` the cumulative alphas ``(T,)``; all on
-    the model's device. ``use_amp``: bf16 autocast for the network (GPU). ``prediction``:
-    the network's target, ``"epsilon"`` (Ho et al. eq. 14) or ``"v"`` (Salimans & Ho 2022).
-    """
-    a = abar[t].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # DDPM eq. 4
-    if prediction == "epsilon":
-        target = eps
-    elif prediction == "v":
-        target = a.sqrt() * eps - (1 - a).sqrt() * x0  # v, Salimans & Ho eq. 9
-    else:
-        raise ValueError(f"prediction={prediction!r}: accepted values epsilon, v")
-    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        pred = model(x_t, t).sample
-    loss = torch.mean((pred.float() - target) ** 2)  # Ho et al. eq. 14 (with v: its v analogue)
+    """One optimizer step of :func:`denoising_loss` for a diffusers UNet ``model`` (benchmarks);
+    returns the loss (a 0-d tensor, not synchronised)."""
+    loss = denoising_loss(lambda x_t, t_: model(x_t, t_).sample, abar, x0, t, eps, prediction, use_amp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+# --------------------------------------------------------------------------- the prior's run
 
 
 def _seed_all(seed: int) -> None:
@@ -267,18 +197,61 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def train(
-    profile: Profile | str,
-    dataset=None,
-    out_dir: str | Path | None = None,
-    options: TrainOptions | None = None,
-    retrain: bool = False,
-    max_minutes: float | None = None,
-    max_steps: int | None = None,
-    device: str | torch.device | None = None,
-    kill_after_step: int | None = None,
-    progress: bool = True,
-) -> TrainResult:
+def _prior_loss(profile: Profile, images, abar: torch.Tensor, batch: int, shift_start: int, dihedral: bool):
+    """The prior's step loss for :class:`diffdecon.loop.Loop`: a batch drawn with replacement,
+    augmented, normalised to prior space (:func:`diffdecon.prior.normalise`), noised."""
+    from .prior import normalise
+
+    def loss(model, k, gen, noise_gen, amp):
+        device = abar.device
+        idx = torch.randint(0, len(images), (batch,), generator=gen).sort().values
+        if isinstance(images, torch.Tensor):  # held on the device (GPU)
+            flux = images[idx.to(device)]
+        else:
+            flux = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
+        flux = augment(flux, gen, profile.max_shift_px if k >= shift_start else 0, dihedral)
+        x0, _ = normalise(flux.to(torch.float32), profile)
+        t = torch.randint(0, profile.diffusion_steps, (batch,), generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+        return denoising_loss(lambda x_t, t_: model(x_t, t_).sample, abar, x0, t, eps, profile.prediction, amp)
+
+    return loss
+
+
+def _check_images(images, profile: Profile) -> None:
+    if tuple(images.shape[1:]) != (len(profile.bands), profile.image_size, profile.image_size):
+        raise ValueError(f"dataset images have shape {tuple(images.shape)}, profile {profile.name!r} "
+                         f"needs (N, {len(profile.bands)}, {profile.image_size}, {profile.image_size})")
+
+
+def prior_loop(profile: Profile, dataset, options: TrainOptions, device: torch.device) -> Loop:
+    """The :class:`diffdecon.loop.Loop` of the prior of ``profile`` on ``dataset`` (its
+    initial weights drawn from the profile's seed)."""
+    _check_images(dataset.images, profile)
+    config = run_config(profile, options)
+    batch = int(config["effective_batch_size"])
+    _seed_all(profile.seed)
+    prior = DiffusionPrior(profile)
+    model = prior.unet.to(device)
+    abar = prior.schedule.alphas_cumprod.to(torch.float32).to(device)
+    # a GPU holds the whole training set (12,000 quick images: 0.6 GB); the CPU reads rows
+    images = dataset.images if device.type == "cpu" else torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)
+    frac = profile.shift_start_fraction if options.shift_start_fraction is None else options.shift_start_fraction
+    shift_start = math.ceil(frac * profile.train_steps)
+    return Loop(name=f"train {profile.name}", model=model,
+                loss=_prior_loss(profile, images, abar, batch, shift_start, options.dihedral),
+                total_steps=profile.train_steps, lr_at=lambda k: learning_rate_at(k, profile),
+                ema_decay_at=lambda step: ema_decay_at(step, profile.ema_decay, options.ema_warmup),
+                config=config, dataset_hash=str(dataset.manifest_hash), seed=profile.seed, batch=batch,
+                checkpoint_every=profile.checkpoint_every, snapshot_steps=frozenset(fid_steps(profile)),
+                shift_at=lambda k: profile.max_shift_px if k >= shift_start else 0,
+                ignore_fields=INFERENCE_FIELDS)
+
+
+def train(profile: Profile | str, dataset=None, out_dir: str | Path | None = None, options: TrainOptions | None = None,
+          retrain: bool = False, max_minutes: float | None = None, max_steps: int | None = None,
+          device: str | torch.device | None = None, kill_after_step: int | None = None,
+          progress: bool = True) -> TrainResult:
     """Train (or resume training) the prior of ``profile`` for ``profile.train_steps`` steps.
 
     Parameters
@@ -292,6 +265,7 @@ def train(
     max_minutes : stop (after writing a checkpoint) once this wall time [min] is spent.
     max_steps : stop at this step instead of ``profile.train_steps`` (the schedule, e.g. the
         shift start, still refers to ``profile.train_steps``).
+    device : default CUDA when available.
     kill_after_step : tests only: raise :class:`SimulatedKill` right after this step,
         without writing anything more (as a SIGKILL would).
 
@@ -299,133 +273,19 @@ def train(
     ------
     CheckpointMismatchError if an existing checkpoint has another config or dataset hash.
     """
-    from tqdm.auto import tqdm
-
-    from .prior import normalise
-
     profile = get_profile(profile)
-    options = options or TrainOptions()
     if dataset is None:
         from .galaxies import build_dataset
 
         dataset = build_dataset(profile)
-    images = dataset.images
-    n_img = len(images)
-    if tuple(images.shape[1:]) != (len(profile.bands), profile.image_size, profile.image_size):
-        raise ValueError(f"dataset images have shape {tuple(images.shape)}, profile {profile.name!r} "
-                         f"needs (N, {len(profile.bands)}, {profile.image_size}, {profile.image_size})")
-    dataset_hash = str(dataset.manifest_hash)
-    config = run_config(profile, options)
-    batch = int(config["effective_batch_size"])
-    total_steps = profile.train_steps if max_steps is None else min(int(max_steps), profile.train_steps)
-    out = Path(out_dir) if out_dir is not None else run_dir(profile)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_FILE
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-    _seed_all(profile.seed)
-    prior = DiffusionPrior(profile)
-    model = prior.unet.to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr)
-    gen = torch.Generator().manual_seed(profile.seed)
-    # On a GPU the noise eps is drawn there by its own seeded generator (saved in the
-    # checkpoint); on the CPU ``gen`` draws everything, so CPU runs are bitwise resumable.
-    noise_gen = gen if device.type == "cpu" else torch.Generator(device).manual_seed(profile.seed + 1)
-    abar = prior.schedule.alphas_cumprod.to(torch.float32).to(device)
-    # A GPU holds the whole training set (12,000 quick images: 0.6 GB); the CPU reads rows.
-    images_dev = torch.from_numpy(np.ascontiguousarray(images)).to(device) if device.type != "cpu" else None
-    step, log, elapsed0 = 0, [], 0.0
-
-    if ckpt_path.exists() and not retrain:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        check_checkpoint(state, config, dataset_hash, ckpt_path)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"]["generator"])
-        if noise_gen is not gen:
-            if "noise_generator" not in state["rng"]:
-                raise CheckpointMismatchError(f"{ckpt_path} was written by a CPU run; a {device.type} run "
-                                              "cannot resume it exactly: resume on the CPU or pass --retrain")
-            noise_gen.set_state(state["rng"]["noise_generator"].cpu())
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        step, log = int(state["step"]), list(state["log"])
-        elapsed0 = float(log[-1]["elapsed_s"]) if log else 0.0
-        print(f"[diffdecon] resuming {profile.name} training at step {step}/{profile.train_steps} from {ckpt_path}")
-    else:
-        print(f"[diffdecon] training {profile.name} prior from scratch: "
-              f"{count_parameters(model) / 1e6:.2f} M parameters, batch {batch}, {profile.train_steps} steps")
-
-    snap_steps = set(fid_steps(profile))
-    shift_frac = profile.shift_start_fraction if options.shift_start_fraction is None else options.shift_start_fraction
-    shift_start = math.ceil(shift_frac * profile.train_steps)
-    use_amp = device.type == "cuda"
-    t_start = time.perf_counter()
-
-    def save_checkpoint() -> None:
-        state = {
-            "config": config, "dataset_hash": dataset_hash, "step": step,
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    **({"noise_generator": noise_gen.get_state()} if noise_gen is not gen else {})},
-            "log": log,
-        }
-        save_torch_atomic(state, ckpt_path)
-        cache.atomic_write_text(out / LOG_FILE, _log_csv(log))
-
-    model.train()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {profile.name}", unit="step",
-               disable=not progress, mininterval=5.0)
-    finished = step >= total_steps
-    try:
-        while step < total_steps:
-            t0 = time.perf_counter()
-            idx = torch.randint(0, n_img, (batch,), generator=gen).sort().values
-            if images_dev is None:
-                flux = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()]))
-            else:
-                flux = images_dev[idx.to(device)]
-            shift = profile.max_shift_px if step >= shift_start else 0
-            flux = augment(flux, gen, shift, options.dihedral)
-            x0, _ = normalise(flux.to(torch.float32), profile)
-            t = torch.randint(0, profile.diffusion_steps, (batch,), generator=gen).to(device)
-            eps = torch.randn(x0.shape, generator=noise_gen, device=device)
-            lr = learning_rate_at(step, profile)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = training_step(model, opt, abar, x0, t, eps, use_amp, profile.prediction)
-            step += 1
-            d = ema_decay_at(step, profile.ema_decay, options.ema_warmup)
-            ema_update(ema, model, d)
-            loss = loss.item()  # synchronises with the device: dt is the true step time
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
-            dt = time.perf_counter() - t0
-            log.append({"step": step, "loss": float(loss), "lr": lr, "ema_decay": d, "shift": shift,
-                        "elapsed_s": elapsed0 + time.perf_counter() - t_start,
-                        "images_per_s": batch / dt})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{batch / dt:.1f}", refresh=False)
-            if kill_after_step is not None and step >= kill_after_step:
-                raise SimulatedKill(f"simulated kill after step {step}")
-            if step in snap_steps:
-                save_torch_atomic({k: v.detach().cpu() for k, v in ema.state_dict().items()},
-                                  out / "snapshots" / f"ema_step{step:07d}.pt")
-            out_of_time = max_minutes is not None and (time.perf_counter() - t_start) > 60 * max_minutes
-            if step % profile.checkpoint_every == 0 or step == total_steps or out_of_time:
-                save_checkpoint()
-            if out_of_time:
-                print(f"[diffdecon] stopping after {max_minutes} min at step {step}; resume with --resume")
-                break
-        finished = step >= profile.train_steps
-    finally:
-        bar.close()
-    return TrainResult(out, step, finished, log, ema, model, config, dataset_hash)
+    loop = prior_loop(profile, dataset, options or TrainOptions(), device)
+    out = Path(out_dir) if out_dir is not None else run_dir(profile)
+    if not ((out / CHECKPOINT_FILE).exists() and not retrain):
+        print(f"[diffdecon] training {profile.name} prior from scratch: {count_parameters(loop.model) / 1e6:.2f} M "
+              f"parameters, batch {loop.batch}, {profile.train_steps} steps")
+    return run_loop(loop, out, retrain=retrain, max_steps=max_steps, max_minutes=max_minutes,
+                    kill_after_step=kill_after_step, progress=progress)
 
 
 # --------------------------------------------------------------------------- export
@@ -463,7 +323,7 @@ def export_checkpoint(profile: Profile | str, src_dir: str | Path | None = None,
         save_torch_atomic({k: v.to(snapshot_dtype) if v.is_floating_point() else v for k, v in sd.items()},
                           dest / name)
         snaps[str(s)] = {"file": name, "sha256": cache.sha256_file(dest / name), "dtype": str(snapshot_dtype)}
-    cache.atomic_write_text(dest / LOG_FILE, _log_csv(state["log"]))
+    cache.atomic_write_text(dest / LOG_FILE, log_csv(state["log"]))
     if dataset_manifest is not None:
         cache.atomic_write_text(dest / "dataset_manifest.json", json.dumps(dataset_manifest, indent=2, sort_keys=True))
     prior = DiffusionPrior(profile)
@@ -493,7 +353,7 @@ def committed_matches(profile: Profile | str, dataset_hash: str, options: TrainO
     if not (cfg_file.exists() and (dest / WEIGHTS_FILE).exists()):
         return False
     record = json.loads(cfg_file.read_text())
-    check_checkpoint(record, run_config(profile, options or TrainOptions()), dataset_hash, dest)
+    check_checkpoint(record, run_config(profile, options or TrainOptions()), dataset_hash, dest, INFERENCE_FIELDS)
     return True
 
 
@@ -515,35 +375,6 @@ def load_snapshot(profile: Profile | str, step: int, directory: str | Path | Non
     prior.checkpoint_sha256 = cache.sha256_file(f)
     prior.checkpoint_path = f
     return prior
-
-
-def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: int = 25,
-                          prediction: str = "epsilon"):
-    """Loss vs step (raw and running mean over ``smooth`` steps); returns the figure.
-
-    ``prediction`` ("epsilon" or "v", :attr:`Profile.prediction`) names the regression
-    target on the loss axis (dimensionless: images are in the [-1, 1] prior space).
-    """
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in log])
-    loss = np.array([r["loss"] for r in log])
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(steps, loss, lw=0.5, alpha=0.4, color="0.4", label="per step")
-    if len(loss) >= smooth:
-        k = np.ones(smooth) / smooth
-        ax.plot(steps[smooth - 1:], np.convolve(loss, k, mode="valid"), lw=1.5, color="C0",
-                label=f"running mean ({smooth})")
-    ax.set_xlabel("optimizer step")
-    target = {"epsilon": r"$\epsilon$", "v": r"$v$"}.get(prediction)
-    if target is None:
-        raise ValueError(f"prediction={prediction!r}: expected one of 'epsilon', 'v'")
-    ax.set_ylabel(f"{target}-MSE loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 def prior_directory(profile: Profile | str, dataset=None, progress: bool = True) -> Path:
@@ -589,3 +420,13 @@ def prior_directory(profile: Profile | str, dataset=None, progress: bool = True)
             f"(python scripts/train.py --profile {profile.name})")
     print(f"[diffdecon] cache hit: committed {profile.name} prior {dest}")
     return dest
+
+
+def __getattr__(name: str):
+    """``training_curve_figure`` lives in :mod:`diffdecon.plotting.training`; the name is kept
+    here for code that imports it from this module (imported lazily: no matplotlib here)."""
+    if name == "training_curve_figure":
+        from .plotting.training import training_curve_figure
+
+        return training_curve_figure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
