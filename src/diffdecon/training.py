@@ -235,7 +235,9 @@ def prior_loop(profile: Profile, dataset, options: TrainOptions, device: torch.d
     model = prior.unet.to(device)
     abar = prior.schedule.alphas_cumprod.to(torch.float32).to(device)
     # a GPU holds the whole training set (12,000 quick images: 0.6 GB); the CPU reads rows
-    images = dataset.images if device.type == "cpu" else torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)
+    images = dataset.images
+    if device.type != "cpu":
+        images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     frac = profile.shift_start_fraction if options.shift_start_fraction is None else options.shift_start_fraction
     shift_start = math.ceil(frac * profile.train_steps)
     return Loop(name=f"train {profile.name}", model=model,
@@ -278,7 +280,7 @@ def train(profile: Profile | str, dataset=None, out_dir: str | Path | None = Non
         from .galaxies import build_dataset
 
         dataset = build_dataset(profile)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loop = prior_loop(profile, dataset, options or TrainOptions(), device)
     out = Path(out_dir) if out_dir is not None else run_dir(profile)
     if not ((out / CHECKPOINT_FILE).exists() and not retrain):
