@@ -180,7 +180,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from diffdecon import mock, paths, samplers, targets, validation
+    from diffdecon import mock, paths, samplers, validation
+    from diffdecon.problem import from_mock
     from diffdecon.cache import atomic_write_text
 
     torch.set_num_threads(args.threads)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
         parser.error("the batched samplers are benchmarked at <= 100 steps")
     T = int(prior.schedule.alphas_cumprod.numel())
     mk = validation.mock_set(P, mock.hsc_reference(), n=1, redshifts=(0.21677,))[0]
-    problem = targets.from_mock(mk, prior)
+    problem = from_mock(mk, prior)
     dev = torch.device(args.device)
     if dev.type != "cpu":
         import dataclasses

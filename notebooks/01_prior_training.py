@@ -107,7 +107,7 @@ ev = fid.evaluate_prior(P, model_dir, dataset)
 print(f"galaxy encoder hold-out R^2: " + ", ".join(f"{k} {v:.2f}" for k, v in ev.encoder.holdout_r2.items()))
 
 # %%
-rows = fid.fid_table_rows(P, ev.fids, ev.floor, ev.fid_sd, ev.change)
+rows = manuscript.fid_table_rows(P, ev.fids, ev.floor, ev.fid_sd, ev.change)
 table = manuscript.latex_table(
     ["fraction of run", "paper step", "paper FID (Inception)", f"{P.name} step", "FID (galaxy encoder)",
      "bootstrap sd", "change from first"],

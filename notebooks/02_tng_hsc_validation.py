@@ -109,10 +109,10 @@ _ = plotting.save_figure(fig, "synthetic_galaxy_grid")
 
 # %%
 from diffdecon import prior as prior_mod
-from diffdecon import fid, training, validation
+from diffdecon import reference_samples, training, validation
 
 diffusion_prior = prior_mod.load_prior(P, training.prior_directory(P))
-prior_samples = fid.prior_samples(diffusion_prior, P.n_prior, P.seed, steps=P.sampling_steps, progress=False)
+prior_samples = reference_samples.prior_samples(diffusion_prior, progress=False)
 settings = validation.sampler_settings(P)
 mocks = validation.mock_set(P, reference, dataset=test_set)
 print(f"{len(mocks)} mocks at z = {sorted({m.z for m in mocks})}; samplers: {settings}")

@@ -29,7 +29,7 @@ profile = "quick"
 # %%
 import numpy as np
 
-from diffdecon import config, fid, galaxies, manuscript, mock, plotting, sweeps, training, validation
+from diffdecon import config, galaxies, manuscript, mock, plotting, reference_samples, sweeps, training, validation
 from diffdecon import prior as prior_mod
 
 P = config.notebook_profile(profile)
@@ -37,7 +37,7 @@ diffusion_prior = prior_mod.load_prior(P, training.prior_directory(P))
 settings = validation.sampler_settings(P)
 hsc = mock.hsc_reference()
 test_set = galaxies.build_dataset(P, split="test")
-prior_samples = fid.prior_samples(diffusion_prior, P.n_prior, P.seed, steps=P.sampling_steps, progress=False)
+prior_samples = reference_samples.prior_samples(diffusion_prior, progress=False)
 print(f"noise sigma per band (g, r, i) from {hsc.source}: {np.round(hsc.sigma, 4)}; "
       f"Gaussian PSF FWHM {sweeps.PSF_FWHM_ARCSEC}\"; aperture {P.aperture_radius_px:g} model px; sampler MMPS "
       f"{settings.mmps_steps} steps, {settings.n} samples")

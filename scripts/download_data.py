@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Download the HSC PDR3 COSMOS targets and verify their SHA-256 checksums.
 
-Thin command-line wrapper over :func:`diffdecon.data.download_targets`. Files go to
+Thin command-line wrapper over :func:`diffdecon.download.download_targets`. Files go to
 ``<dest>/hsc_pdr3_cosmos/<target>/``; exit status 1 on a checksum failure, a present
 file with a wrong checksum, or a network error.
 
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from diffdecon import data, paths
+from diffdecon import data, download, paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=None, help="targets to fetch (default: all in the checksum file)")
     parser.add_argument("--no-hst", action="store_true", help="skip the optional HST cutouts without checksums")
     parser.add_argument("--checksums", type=Path, default=data.CHECKSUMS_FILE, help="checksum file (default: %(default)s)")
-    parser.add_argument("--base-url", default=data.DEFAULT_BASE_URL, help="where the target folders live (default: %(default)s)")
+    parser.add_argument("--base-url", default=download.DEFAULT_BASE_URL, help="where the target folders live (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        report = data.download_targets(args.dest, checksums_file=args.checksums, base_url=args.base_url,
+        report = download.download_targets(args.dest, checksums_file=args.checksums, base_url=args.base_url,
                                        targets=args.targets, include_hst=not args.no_hst)
-    except data.DataDownloadError as exc:
+    except download.DataDownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if exc.report is not None and not isinstance(exc, data.ChecksumError):
+        if exc.report is not None and not isinstance(exc, download.ChecksumError):
             print(exc.report.summary(), file=sys.stderr)
         return 1
     print(report.summary())

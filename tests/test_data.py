@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from diffdecon import data
+from diffdecon import background, data, download, units
 
-# Catalogue values from FACTS.md section 1 (HSC PDR3 UltraDeep COSMOS).
-FACTS_TARGETS = {
+# Catalogue values of the targets (HSC PDR3 UltraDeep COSMOS catalogue rows).
+CATALOGUE = {
     "test1": dict(ra=150.45538, dec=2.38853, z=0.21677, i_mag=19.00),
     "test2": dict(ra=150.01817, dec=2.36686, z=0.186, i_mag=18.74),
     "test_high_z2": dict(ra=150.01194, dec=2.03721, z=0.8463, i_mag=20.46),
@@ -37,16 +37,16 @@ def test_list_and_missing_targets(hsc_root):
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", sorted(FACTS_TARGETS))
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
 def test_load_target_real(hsc_root, name):
-    facts = FACTS_TARGETS[name]
+    facts = CATALOGUE[name]
     t = data.load_target(name, hsc_root)
     n = t.images.shape[1]
     assert t.images.shape == (3, n, n) and t.images.dtype == np.float64
     assert t.psfs.shape == (3, 43, 43)
     # PSFs are normalised to 1 up to float64 rounding.
     np.testing.assert_allclose(t.psfs.sum(axis=(1, 2)), 1.0, atol=1e-12)
-    # Catalogue values agree with FACTS to the digits FACTS quotes.
+    # Catalogue values agree with the rows above to the digits quoted there.
     assert t.z == pytest.approx(facts["z"], abs=1e-4)
     assert t.i_mag == pytest.approx(facts["i_mag"], abs=0.01)
     assert t.ra == pytest.approx(facts["ra"], abs=1e-5) and t.dec == pytest.approx(facts["dec"], abs=1e-5)
@@ -55,15 +55,15 @@ def test_load_target_real(hsc_root, name):
     # The cutouts are centred on the object: within 3 px (0.5 arcsec) of the image centre.
     x, y = data.catalog_position_pixel(t)
     assert abs(x - (n - 1) / 2) < 3 and abs(y - (n - 1) / 2) < 3
-    # Background sigma, sources masked: measured 0.0056-0.0098 coadd units on the three
-    # targets (FACTS: 0.006-0.016 without masking); 0.004-0.02 catches a wrong HDU or unit.
+    # Background sigma, sources masked: HSC UltraDeep coadds have about 0.006-0.016 coadd
+    # units per pixel; 0.004-0.02 catches a wrong HDU or unit.
     assert np.all((t.noise_sigma > 0.004) & (t.noise_sigma < 0.02)), t.noise_sigma
     # g is the least noisy band and i the noisiest on these coadds.
     assert t.noise_sigma[0] < t.noise_sigma[2]
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", sorted(FACTS_TARGETS))
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
 def test_aperture_flux_matches_catalogue(hsc_root, name):
     """mag = 27 - 2.5 log10(flux): a 20 px (3.4 arcsec) radius aperture in i vs the Kron magnitude.
 
@@ -74,7 +74,7 @@ def test_aperture_flux_matches_catalogue(hsc_root, name):
     """
     t = data.load_target(name, hsc_root)
     flux = data.aperture_flux(t.images[2], data.catalog_position_pixel(t), 20.0)
-    assert data.flux_to_mag(flux) == pytest.approx(t.i_mag, abs=0.3)
+    assert units.flux_to_mag(flux) == pytest.approx(t.i_mag, abs=0.3)
 
 
 @pytest.mark.realdata
@@ -190,18 +190,18 @@ def test_estimate_noise_sigma_masks_source():
     image = rng.normal(0, 0.01, (128, 128))
     yy, xx = np.indices(image.shape)
     image += 0.05 * np.exp(-np.hypot(xx - 64, yy - 64) / 8.0)  # an exponential disk, wide wings
-    plain = data.estimate_noise_sigma(image)
-    masked = data.estimate_noise_sigma(image, mask_sources=True)
+    plain = background.estimate_noise_sigma(image)
+    masked = background.estimate_noise_sigma(image, mask_sources=True)
     # 16k pixels: statistical error ~0.6%, clipping bias -1.5%: 5% tolerance; clipping alone
     # keeps the disk's wings and overestimates.
     assert masked == pytest.approx(0.01, rel=0.05)
     assert plain > masked
     # Pure noise: source masking must not bias the estimate (a per-pixel 2-sigma mask did, by -14%).
     noise_only = rng.normal(0, 0.01, (128, 128))
-    assert data.estimate_noise_sigma(noise_only, mask_sources=True) == pytest.approx(0.01, rel=0.05)
-    assert data.source_mask(noise_only).mean() < 0.02
+    assert background.estimate_noise_sigma(noise_only, mask_sources=True) == pytest.approx(0.01, rel=0.05)
+    assert background.source_mask(noise_only).mean() < 0.02
     with pytest.raises(ValueError, match="2-D"):
-        data.estimate_noise_sigma(image[0])
+        background.estimate_noise_sigma(image[0])
 
 
 def test_load_tng_idealized(tmp_path):
@@ -253,7 +253,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_download_good_then_present(tmp_path):
     remote, sums, files = _remote(tmp_path)
     dest = tmp_path / "dest"
-    report = data.download_targets(dest, sums, remote.as_uri())
+    report = download.download_targets(dest, sums, remote.as_uri())
     assert report.ok
     assert sorted(r.relpath for r in report.by_status("downloaded")) == sorted(files)
     for rel, content in files.items():
@@ -267,9 +267,9 @@ def test_download_good_then_present(tmp_path):
 
     def recording_fetch(url, out):
         calls.append(url)
-        raise data.RemoteFileNotFound(url)
+        raise download.RemoteFileNotFound(url)
 
-    again = data.download_targets(dest, sums, remote.as_uri(), fetch=recording_fetch)
+    again = download.download_targets(dest, sums, remote.as_uri(), fetch=recording_fetch)
     assert [c.rsplit("/", 2)[-2:] for c in calls] == [["t1", "HST-channel-I.fits"]]
     assert len(again.by_status("present")) == 3 and len(again.by_status("no_hst")) == 1
     assert len(again.by_status("present_unverified")) == 1
@@ -279,8 +279,8 @@ def test_download_bad_checksum_discarded(tmp_path):
     remote, sums, files = _remote(tmp_path)
     (remote / "t1" / "t1.csv").write_bytes(b"tampered\n")
     dest = tmp_path / "dest"
-    with pytest.raises(data.ChecksumError, match=r"t1\.csv.*expected sha256 [0-9a-f]{64}, got [0-9a-f]{64}") as exc:
-        data.download_targets(dest, sums, remote.as_uri(), include_hst=False)
+    with pytest.raises(download.ChecksumError, match=r"t1\.csv.*expected sha256 [0-9a-f]{64}, got [0-9a-f]{64}") as exc:
+        download.download_targets(dest, sums, remote.as_uri(), include_hst=False)
     assert not (dest / "hsc_pdr3_cosmos" / "t1" / "t1.csv").exists()
     assert _leftovers(dest) == []
     # The other files were still fetched and verified.
@@ -292,7 +292,7 @@ def test_download_present_with_wrong_checksum_not_overwritten(tmp_path):
     target = tmp_path / "dest" / "hsc_pdr3_cosmos" / "t1" / "t1.csv"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"local edit\n")
-    report = data.download_targets(tmp_path / "dest", sums, remote.as_uri(), include_hst=False)
+    report = download.download_targets(tmp_path / "dest", sums, remote.as_uri(), include_hst=False)
     assert not report.ok and [r.relpath for r in report.failures] == ["t1/t1.csv"]
     assert "not overwritten" in report.failures[0].message
     assert target.read_bytes() == b"local edit\n"
@@ -306,19 +306,19 @@ def test_partial_download_never_in_place(tmp_path):
         out.write(b"g" * 500)  # half the file, then the connection drops
         raise ConnectionResetError("connection reset by peer")
 
-    with pytest.raises(data.DataDownloadError, match=r"cutout-HSC-G.*Check the network.*DIFFDECON_DATA"):
-        data.download_targets(dest, sums, remote.as_uri(), targets=["t1"], fetch=flaky)
+    with pytest.raises(download.DataDownloadError, match=r"cutout-HSC-G.*Check the network.*DIFFDECON_DATA"):
+        download.download_targets(dest, sums, remote.as_uri(), targets=["t1"], fetch=flaky)
     assert not (dest / "hsc_pdr3_cosmos" / "t1" / "cutout-HSC-G-9813-pdr3_dud_rev.fits").exists()
     assert _leftovers(dest) == []
 
 
 def test_download_urls_are_encoded_and_targets_checked(tmp_path):
-    assert data.file_url(data.DEFAULT_BASE_URL, "test1/a b.fits").endswith("/HSC%20PDR3/test1/a%20b.fits")
-    assert data.hst_candidates(["cutout-HSC-G-9813-pdr3_dud_rev-3.fits"]) == ["HST-channel-I-3.fits", "HST-channel-I.fits"]
-    assert data.hst_candidates(["cutout-HSC-G-9813-pdr3_dud_rev.fits"]) == ["HST-channel-I.fits"]
+    assert download.file_url(download.DEFAULT_BASE_URL, "test1/a b.fits").endswith("/HSC%20PDR3/test1/a%20b.fits")
+    assert download.hst_candidates(["cutout-HSC-G-9813-pdr3_dud_rev-3.fits"]) == ["HST-channel-I-3.fits", "HST-channel-I.fits"]
+    assert download.hst_candidates(["cutout-HSC-G-9813-pdr3_dud_rev.fits"]) == ["HST-channel-I.fits"]
     remote, sums, files = _remote(tmp_path)
     with pytest.raises(ValueError, match=r"'t9'.*\['t1', 't2'\]"):
-        data.download_targets(tmp_path / "dest", sums, remote.as_uri(), targets=["t9"])
+        download.download_targets(tmp_path / "dest", sums, remote.as_uri(), targets=["t9"])
 
 
 def test_download_script_fails_clearly(tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdecon import fid
+from diffdecon import fid, manuscript
 
 
 def test_frechet_distance_diagonal_closed_form():
@@ -128,10 +128,10 @@ def test_fid_table_rows_and_fall_criterion():
     fids = dict(zip(steps, [7.0, 6.8, 6.7, 6.5]))
     sd = {s: 1.0 for s in steps}
     change = {s: (fids[s] - 7.0, 0.1) for s in steps}
-    rows = fid.fid_table_rows("quick", fids, 0.4, sd, change)
+    rows = manuscript.fid_table_rows("quick", fids, 0.4, sd, change)
     assert [r[3] for r in rows[:4]] == steps and rows[0][6] == "" and rows[3][6] == r"-0.500 $\pm$ 0.100"
     assert rows[-1][:5] == ["floor", "", "", "", 0.4] and len(rows[-1]) == len(rows[0]) == 7
-    assert len(fid.fid_table_rows("quick", fids, 0.4)[0]) == 5
+    assert len(manuscript.fid_table_rows("quick", fids, 0.4)[0]) == 5
     ev = SimpleNamespace(steps=steps, change=change)
     assert fid.PriorEvaluation.falls(ev, 2.0)  # 0.5 > 2 x 0.1
     assert not fid.PriorEvaluation.falls(ev, 6.0)  # 0.5 < 6 x 0.1

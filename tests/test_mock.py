@@ -26,7 +26,7 @@ def test_real_reference_when_present():
         pytest.skip(f"real HSC data not found under {paths.hsc_dir()} (set DIFFDECON_DATA)")
     ref = mock.hsc_reference()
     assert ref.real and ref.source.startswith("HSC PDR3")
-    # FACTS: background sigma about 0.006-0.016 per band; allow a factor of 2 either way
+    # HSC UltraDeep background sigma is about 0.006-0.016 per band; allow a factor of 2 either way
     assert np.all((ref.sigma > 0.003) & (ref.sigma < 0.032)), ref.sigma
 
 

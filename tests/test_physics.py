@@ -86,8 +86,8 @@ def test_forward_model_attributes():
 @pytest.mark.parametrize("m, image_size, obs_size", [(13.7, 32, 24), (40.3, 16, 48), (31.0, 64, 40)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_resample_conserves_flux(m, image_size, obs_size, dtype):
-    # Galaxy well inside the field: flux must be conserved within 0.1 % (the brief's
-    # requirement); area rebinning is exact, so even float32 is far inside it.
+    # Galaxy well inside the field: flux must be conserved within 0.1 % (a
+    # requirement of the forward model); area rebinning is exact, so even float32 is far inside it.
     fm = make_fm(0.3, m, image_size, obs_size, 5, offset=(0.4, -0.7), dtype=dtype)
     x = gaussian_blob(image_size, image_size / 10, n_bands=2, dtype=dtype)
     for out in (fm.resample(x), fm.A(x)):
@@ -163,9 +163,9 @@ def test_matches_galsim_convolution(psf_kind, factor):
     # factor 2: model pixels half an obs pixel, f bins 2x2 (GalSim's pixel integration of
     # the fine grid then equals its integration over obs pixels). PSF images are drawn
     # without pixel (the model image already holds pixel-integrated flux).
-    # Tolerance: max |difference| / total flux < 2e-5. The brief asks for < 1e-3 (0.1 % of
-    # the total flux), but that is too loose to catch errors: a half-pixel misplacement
-    # gives ~7e-4 (negative control below). Measured: 1e-8 to 3e-6, set by GalSim's FFT
+    # Tolerance: max |difference| / total flux < 2e-5. A requirement of < 1e-3 (0.1 % of
+    # the total flux) would be too loose to catch errors: a half-pixel misplacement
+    # gives ~7e-4 (negative control below). The differences are 1e-8 to 3e-6, set by GalSim's FFT
     # rendering accuracy (float32 images) and the PSF truncation at 25 px; 2e-5 leaves a
     # factor ~7 margin.
     galsim = pytest.importorskip("galsim")

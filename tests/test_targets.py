@@ -7,7 +7,9 @@ import pytest
 import torch
 from astropy.wcs import WCS
 
-from diffdecon import data, mock, physics, targets
+from diffdecon import (background, cosmology, data, deconvolution, hst, manuscript, mock, physics, problem,
+                       reference_samples, sweeps, targets, units)
+from diffdecon.errors import DivergenceError
 from diffdecon.config import get_profile
 
 
@@ -45,9 +47,9 @@ def test_prepare_observation_window_offset_and_scale(smoke_galaxy, generator):
                               dtype=torch.float64)
     y = physics.mock_observation(torch.as_tensor(smoke_galaxy), op, ref.sigma, generator).numpy()
     center = (49.5 - 7.6, 49.5 + 3.3)  # (x, y) [px]
-    pb = targets.prepare_observation(y, ref.psfs, 0.3, P, center, 0.168)
+    pb = problem.prepare_observation(y, ref.psfs, 0.3, P, center, 0.168)
     row0, col0, n = pb.window
-    assert n == int(np.ceil(pb.m)) + 2 * targets.DEFAULT_MARGIN
+    assert n == int(np.ceil(pb.m)) + 2 * cosmology.WINDOW_MARGIN
     # the galaxy position in window coordinates and the operator offset agree to 1e-9 px
     assert pb.center_xy == pytest.approx((center[0] - col0, center[1] - row0), abs=1e-9)
     dy, dx = pb.operator.center_offset
@@ -58,7 +60,7 @@ def test_prepare_observation_window_offset_and_scale(smoke_galaxy, generator):
     assert pb.scale * P.flux_norm == pytest.approx(100.0, rel=0.03)
     # the noise sigma is the source-masked clipped estimate of the full image
     for c in range(3):
-        assert float(pb.sigma[c]) == pytest.approx(data.estimate_noise_sigma(y[c], mask_sources=True), rel=1e-6)
+        assert float(pb.sigma[c]) == pytest.approx(background.estimate_noise_sigma(y[c], mask_sources=True), rel=1e-6)
     # A(flux of the truth) reproduces y within the noise: reduced chi2 ~ 1 (0.7-1.3 for ~9000 px)
     pred = pb.operator.A(torch.as_tensor(smoke_galaxy, dtype=torch.float32))
     chi2 = float((((pb.y - pred) / pb.sigma.view(-1, 1, 1)) ** 2).mean())
@@ -70,27 +72,27 @@ def test_prepare_observation_errors(smoke_galaxy):
     psf = physics.gaussian_psf(0.7, 21)
     psfs = np.stack([psf] * 3)
     with pytest.raises(ValueError, match="does not fit"):
-        targets.prepare_observation(img, psfs, 0.3, "smoke", (19.5, 19.5))
+        problem.prepare_observation(img, psfs, 0.3, "smoke", (19.5, 19.5))
     with pytest.raises(ValueError, match="redshift"):
-        targets.prepare_observation(img, psfs, -1.0, "smoke", (19.5, 19.5))
+        problem.prepare_observation(img, psfs, -1.0, "smoke", (19.5, 19.5))
     with pytest.raises(ValueError, match="MIN_OBSERVED_SIZE"):
-        targets.prepare_observation(img, psfs, 0.8, "smoke", (19.5, 19.5), pixel_scale_arcsec=2.0)
+        problem.prepare_observation(img, psfs, 0.8, "smoke", (19.5, 19.5), pixel_scale_arcsec=2.0)
     bad = np.full((3, 100, 100), np.nan)
     with pytest.raises(ValueError, match="non-finite"):
-        targets.prepare_observation(bad, psfs, 0.3, "smoke", (49.5, 49.5))
-    with pytest.raises(ValueError, match="one .k, k. PSF per band"):
-        targets.prepare_observation(np.zeros((3, 100, 100)), psfs[:2], 0.3, "smoke", (49.5, 49.5))
+        problem.prepare_observation(bad, psfs, 0.3, "smoke", (49.5, 49.5))
+    with pytest.raises(ValueError, match="one of each per band"):
+        problem.prepare_observation(np.zeros((3, 100, 100)), psfs[:2], 0.3, "smoke", (49.5, 49.5))
 
 
 def test_from_mock_matches_operator(smoke_mock):
-    pb = targets.from_mock(smoke_mock, "smoke")
+    pb = problem.from_mock(smoke_mock, "smoke")
     P = pb.profile
     from diffdecon.prior import normalise
 
     x = torch.as_tensor(smoke_mock.truth)
     xn, s = normalise(x, P)
     # forward(x) = A(s * unstretch(x)): with the true scale it reproduces A(truth) exactly
-    pb_true = targets.InverseProblem(**{**pb.__dict__, "scale": float(s)})
+    pb_true = problem.InverseProblem(**{**pb.__dict__, "scale": float(s)})
     assert torch.allclose(pb_true.forward(xn[None].float())[0].double(), smoke_mock.operator.A(x), rtol=1e-4,
                           atol=1e-6)
     # the estimated scale comes from y: noise sd 0.01 * sqrt(3 * 58^2) = 1.0 on a total of 100
@@ -103,10 +105,10 @@ def test_from_mock_matches_operator(smoke_mock):
 
 def test_deconvolve_mmps_and_dps(smoke_mock, smoke_gaussian_prior):
     pytest.importorskip("diffdecon.posterior", reason="diffdecon.posterior (variance ratio) not in the tree yet")
-    pb = targets.from_mock(smoke_mock, smoke_gaussian_prior)
+    pb = problem.from_mock(smoke_mock, smoke_gaussian_prior)
     # ancestral DDPM in 20 steps: DDIM (eta = 0) in a few steps underestimates the prior variance
-    ref = targets.cached_prior_samples(smoke_gaussian_prior, n=12, steps=20, method="ddpm", progress=False)
-    res = targets.deconvolve(pb, smoke_gaussian_prior, "mmps", n=3, steps=5, generator=1, batch_size=2,
+    ref = reference_samples.prior_samples(smoke_gaussian_prior, n=12, steps=20, method="ddpm", progress=False)
+    res = deconvolution.deconvolve(pb, smoke_gaussian_prior, "mmps", n=3, steps=5, generator=1, batch_size=2,
                              prior_samples=ref, progress=False, cg_iters=3)
     H = pb.profile.image_size
     assert res.samples.shape == res.flux_samples.shape == (3, 3, H, H)
@@ -118,35 +120,35 @@ def test_deconvolve_mmps_and_dps(smoke_mock, smoke_gaussian_prior):
     # the observation constrains the galaxy: posterior variance below the prior's in the aperture
     assert res.variance_ratio_aperture < 1.0
     # per-sample generators: the samples do not depend on the batch size (exactly)
-    res_all = targets.deconvolve(pb, smoke_gaussian_prior, "mmps", n=3, steps=5, generator=1, batch_size=3,
+    res_all = deconvolution.deconvolve(pb, smoke_gaussian_prior, "mmps", n=3, steps=5, generator=1, batch_size=3,
                                  prior_samples=ref, progress=False, cg_iters=3)
     assert torch.allclose(res.samples, res_all.samples, atol=1e-5)
     # DPS in 5 steps needs a small guidance scale on this problem (whitened residual norm
     # ~ 1e2); zeta = 0.3 (the reference code's) sends samples to |x| ~ 60
-    res_dps = targets.deconvolve(pb, smoke_gaussian_prior, "dps", n=2, steps=5, generator=2, prior_samples=ref,
+    res_dps = deconvolution.deconvolve(pb, smoke_gaussian_prior, "dps", n=2, steps=5, generator=2, prior_samples=ref,
                                  progress=False, zeta=0.01)
     assert torch.isfinite(res_dps.flux_samples).all()
-    assert res_dps.samples.abs().max() <= targets.DIVERGED_ABS
+    assert res_dps.samples.abs().max() <= deconvolution.DIVERGED_ABS
     # ... and those samples (finite flux, but ~1e60 times too bright) are a divergence
-    with pytest.raises(targets.DeconvolutionError, match=r"\|x\| <= 10"):
-        targets.deconvolve(pb, smoke_gaussian_prior, "dps", n=2, steps=5, generator=2, prior_samples=ref,
+    with pytest.raises(DivergenceError, match=r"\|x\| <= 10"):
+        deconvolution.deconvolve(pb, smoke_gaussian_prior, "dps", n=2, steps=5, generator=2, prior_samples=ref,
                            progress=False, zeta=0.3)
     with pytest.raises(ValueError, match="at least 2"):
-        targets.deconvolve(pb, smoke_gaussian_prior, "mmps", n=1, steps=2, prior_samples=ref, progress=False)
+        deconvolution.deconvolve(pb, smoke_gaussian_prior, "mmps", n=1, steps=2, prior_samples=ref, progress=False)
     with pytest.raises(ValueError, match="sampler"):
-        targets.deconvolve(pb, smoke_gaussian_prior, "langevin", n=2, steps=2, prior_samples=ref, progress=False)
+        deconvolution.deconvolve(pb, smoke_gaussian_prior, "langevin", n=2, steps=2, prior_samples=ref, progress=False)
 
 
 def test_redshift_sweep(smoke_galaxy, smoke_gaussian_prior):
     pytest.importorskip("diffdecon.posterior", reason="diffdecon.posterior (variance ratio) not in the tree yet")
     ref = mock.gaussian_reference(0.7, 0.01, size=SMALL_PSF)
-    prior_x = targets.cached_prior_samples(smoke_gaussian_prior, n=12, steps=20, method="ddpm", progress=False)
-    sw = targets.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref, n=2, steps=3,
+    prior_x = reference_samples.prior_samples(smoke_gaussian_prior, n=12, steps=20, method="ddpm", progress=False)
+    sw = sweeps.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref, n=2, steps=3,
                                 prior_samples=prior_x, progress=False, cg_iters=2)
     assert sw.m[0] > sw.m[1]  # m(z, p) shrinks from z = 0.4 to 0.9
     assert np.allclose(sw.upsampling_factor, 32 / sw.m)
     assert sw.variance_ratio_aperture.shape == (2,) and np.all(np.isfinite(sw.variance_ratio_aperture))
-    dim = targets.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref, n=2, steps=2,
+    dim = sweeps.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref, n=2, steps=2,
                                  prior_samples=prior_x, progress=False, dimming=True, cg_iters=1)
     # dimmed with (D_L(0.4) / D_L(0.9))^2 ~ 0.17: the flux scale drops by that factor (5%: noise
     # sd ~1% of the flux at z = 0.9 and PSF wings beyond the margin)
@@ -163,14 +165,14 @@ def test_resample_flux_conserves_flux_synthetic():
     """A 0.03"/px image rebinned onto a 0.168"/px grid that contains the source: the total
     flux is conserved to 1e-5 (exact polygon overlaps; the residual is float rounding and
     the tangent-plane vs spherical pixel areas, ~1e-9 over a few arcsec)."""
-    hst, hsc = _tan_wcs(0.03, 300), _tan_wcs(0.168, 40, crval=(150.0 + 0.4 / 3600, 2.2 - 0.3 / 3600))
+    w_hst, w_hsc = _tan_wcs(0.03, 300), _tan_wcs(0.168, 40, crval=(150.0 + 0.4 / 3600, 2.2 - 0.3 / 3600))
     yy, xx = np.indices((300, 300))
     img = np.exp(-0.5 * ((xx - 140.3) ** 2 + (yy - 155.7) ** 2) / 20**2)
-    out, fp = targets.resample_flux(img, hst, hsc, (40, 40))
+    out, fp = hst.resample_flux(img, w_hst, w_hsc, (40, 40))
     assert np.nansum(out) == pytest.approx(img.sum(), rel=1e-5)
     # the 9" input is larger than the 6.7" output: a constant image keeps its surface
     # brightness, i.e. each fully covered output pixel holds (0.168 / 0.03)^2 input pixels
-    out1, fp1 = targets.resample_flux(np.ones((300, 300)), hst, hsc, (40, 40))
+    out1, fp1 = hst.resample_flux(np.ones((300, 300)), w_hst, w_hsc, (40, 40))
     full = fp1 > 1 - 1e-9
     assert full.sum() == 40 * 40
     assert np.allclose(out1[full], (0.168 / 0.03) ** 2, rtol=1e-6)
@@ -181,7 +183,7 @@ def test_resample_flux_conserves_flux_synthetic():
 
 @pytest.fixture
 def present(hsc_root):
-    names = targets.present_targets(hsc_root)
+    names = problem.present_targets(hsc_root)
     if not names:
         pytest.skip(f"no HSC target under {hsc_root} (DIFFDECON_DATA)")
     return names
@@ -190,7 +192,7 @@ def present(hsc_root):
 def test_prepare_target_real(present, hsc_root):
     for name in present:
         t = data.load_target(name, hsc_root)
-        pb = targets.prepare_target(t, "quick")
+        pb = problem.prepare_target(t, "quick")
         row0, col0, n = pb.window
         x, y = data.catalog_position_pixel(t)
         assert col0 <= x <= col0 + n - 1 and row0 <= y <= row0 + n - 1
@@ -205,7 +207,7 @@ def test_prepare_target_real(present, hsc_root):
         assert pb.scale > 0
         for c in range(3):
             assert float(pb.sigma[c]) == pytest.approx(
-                data.estimate_noise_sigma(t.images[c], mask_sources=True), rel=1e-6)
+                background.estimate_noise_sigma(t.images[c], mask_sources=True), rel=1e-6)
         # pixel scale from the WCS, redshift from the catalogue
         assert pb.pixel_scale_arcsec == pytest.approx(t.pixel_scale_arcsec)
         assert pb.z == t.z
@@ -220,8 +222,8 @@ def test_hst_on_hsc_grid_real(present, hsc_root):
     if not with_hst:
         pytest.skip(f"no target with an HST cutout under {hsc_root}")
     t = data.load_target(with_hst[0], hsc_root)
-    pb = targets.prepare_target(t, "quick")
-    img, fp = targets.hst_on_hsc_grid(t, pb)
+    pb = problem.prepare_target(t, "quick")
+    img, fp = hst.hst_on_hsc_grid(t, pb)
     assert img.shape == tuple(pb.y.shape[-2:])
     # Reference: HST pixels whose centres fall inside the window. They differ from the exact
     # overlap only along the window edge (half of a 0.03" pixel at most, ~600 edge pixels of
@@ -234,7 +236,7 @@ def test_hst_on_hsc_grid_real(present, hsc_root):
     no_hst = [n for n in present if data.load_target(n, hsc_root).hst is None]
     if no_hst:
         t2 = data.load_target(no_hst[0], hsc_root)
-        assert targets.hst_on_hsc_grid(t2, targets.prepare_target(t2, "quick")) is None
+        assert hst.hst_on_hsc_grid(t2, problem.prepare_target(t2, "quick")) is None
 
 
 def test_hst_agreement_of_hst_itself(present, hsc_root):
@@ -244,28 +246,28 @@ def test_hst_agreement_of_hst_itself(present, hsc_root):
     if not with_hst:
         pytest.skip(f"no target with an HST cutout under {hsc_root}")
     t = data.load_target(with_hst[0], hsc_root)
-    pb = targets.prepare_target(t, "quick")
+    pb = problem.prepare_target(t, "quick")
     P = pb.profile
-    hst = targets.hst_on_hsc_grid(t, pb)
+    on_hsc = hst.hst_on_hsc_grid(t, pb)
     # HST resampled directly onto the model grid (a WCS centred on the galaxy at the model scale)
-    from diffdecon.cli import model_grid_wcs
+    from diffdecon.result_fits import model_grid_wcs
 
     mw = model_grid_wcs(pb)
-    on_model, _ = targets.resample_flux(t.hst.image, t.hst.wcs, mw, (P.image_size, P.image_size))
+    on_model, _ = hst.resample_flux(t.hst.image, t.hst.wcs, mw, (P.image_size, P.image_size))
     rec = np.nan_to_num(np.stack([on_model] * 3))
-    agr = targets.hst_agreement(rec, pb, hst, target=t)
+    agr = hst.hst_agreement(rec, pb, on_hsc, target=t)
     # 0.97: the model grid is resampled twice (to the model grid and back) and its field
     # is only m(z, p) wide; misregistration by a pixel would give ~0.8 on this galaxy.
     assert agr.correlation > 0.97
-    zp = targets.hst_ab_zeropoint({"PHOTFLAM": 7.07236e-20, "PHOTPLAM": 8059.7598})
+    zp = hst.hst_ab_zeropoint({"PHOTFLAM": 7.07236e-20, "PHOTPLAM": 8059.7598})
     assert zp == pytest.approx(25.936, abs=0.01)  # ACS/WFC F814W AB zero point (STScI)
     # the "reconstruction" is HST itself, so the flux ratio is 1 up to the resampling (2%)
-    assert agr.flux_ratio * 10 ** (0.4 * (data.HSC_ZEROPOINT - zp)) == pytest.approx(1.0, rel=0.02)
+    assert agr.flux_ratio * 10 ** (0.4 * (units.HSC_ZEROPOINT - zp)) == pytest.approx(1.0, rel=0.02)
 
 
 def test_missing_targets_are_named(hsc_root, capsys):
     missing = data.missing_targets(hsc_root)
-    names = targets.present_targets(hsc_root)
+    names = problem.present_targets(hsc_root)
     out = capsys.readouterr().out
     assert set(names) == set(data.list_targets(hsc_root))
     for m in missing:
@@ -277,39 +279,39 @@ def test_missing_targets_are_named(hsc_root, capsys):
 
 def test_upsampling_crossing():
     # quick: 64 px of 0.6 kpc; the factor 64 / m reaches 2 where m(z, p) = 32 px
-    z2 = targets.upsampling_crossing("quick", 2.0)
+    z2 = sweeps.upsampling_crossing("quick", 2.0)
     assert physics.observed_size(z2, 64, 0.6) == pytest.approx(32.0, abs=1e-3)  # brentq xtol 1e-6 in z
-    assert targets.upsampling_crossing("quick", 1.5) < z2  # a lower factor is reached earlier
-    assert targets.upsampling_crossing("smoke", 2.0) is None  # 32 px of 1.2 kpc: factor < 1.2 up to z = 1.5
+    assert sweeps.upsampling_crossing("quick", 1.5) < z2  # a lower factor is reached earlier
+    assert sweeps.upsampling_crossing("smoke", 2.0) is None  # 32 px of 1.2 kpc: factor < 1.2 up to z = 1.5
     for bad in ({"factor": 0.0}, {"z_max": 3.0}, {"pixel_scale_arcsec": -1.0}):
         with pytest.raises(ValueError):
-            targets.upsampling_crossing("quick", **bad)
+            sweeps.upsampling_crossing("quick", **bad)
 
 
 def _diverge(*args, **kwargs):
-    raise targets.DeconvolutionError("forced divergence (test)")
+    raise DivergenceError("forced divergence (test)")
 
 
 def test_redshift_sweep_divergence_is_recorded(smoke_galaxy, smoke_gaussian_prior, monkeypatch, capsys):
     ref = mock.gaussian_reference(0.7, 0.01, size=SMALL_PSF)
     prior_x = torch.zeros(4, 3, 32, 32)
-    monkeypatch.setattr(targets, "deconvolve", _diverge)
-    with pytest.raises(targets.DeconvolutionError):
-        targets.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, prior_samples=prior_x,
+    monkeypatch.setattr(sweeps, "deconvolve", _diverge)
+    with pytest.raises(DivergenceError):
+        sweeps.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, prior_samples=prior_x,
                                progress=False)
-    sw = targets.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref,
+    sw = sweeps.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref,
                                 prior_samples=prior_x, progress=False, on_divergence="nan")
     assert np.isnan(sw.variance_ratio_aperture).all() and np.isnan(sw.chi2).all()
     assert sw.results == [None, None] and np.all(np.isfinite(sw.m))
     assert "DIVERGED" in capsys.readouterr().out
     with pytest.raises(ValueError, match="on_divergence"):
-        targets.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, on_divergence="skip")
+        sweeps.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, on_divergence="skip")
 
 
 def test_analyse_target_real(present, hsc_root, smoke_gaussian_prior, monkeypatch):
     """A real target end to end with the exact Gaussian test prior (smoke grid, 2 samples, 2
     steps): table row, figure row and, for a target with HST, the HST agreement."""
-    prior_x = targets.cached_prior_samples(smoke_gaussian_prior, n=6, steps=5, method="ddpm", progress=False)
+    prior_x = reference_samples.prior_samples(smoke_gaussian_prior, n=6, steps=5, method="ddpm", progress=False)
     with_hst = [n for n in present if data.load_target(n, hsc_root).hst is not None]
     name = with_hst[0] if with_hst else present[0]
     t = data.load_target(name, hsc_root)
@@ -317,7 +319,7 @@ def test_analyse_target_real(present, hsc_root, smoke_gaussian_prior, monkeypatc
                                cg_iters=1)
     assert a.error is None and a.result is not None and a.wall_time_s > 0
     assert a.m == pytest.approx(a.problem.m) and a.upsampling_factor == pytest.approx(32 / a.m)
-    row = targets.analysis_table_rows([a])[0]
+    row = manuscript.analysis_table_rows([a])[0]
     assert len(row) == 11 and row[0] == name.replace("_", r"\_") and row[1] == f"{t.z:.4f}"
     if with_hst:
         assert a.hst is not None and a.agreement is not None
@@ -330,7 +332,7 @@ def test_analyse_target_real(present, hsc_root, smoke_gaussian_prior, monkeypatc
     monkeypatch.setattr(targets, "deconvolve", _diverge)
     d = targets.analyse_target(t, smoke_gaussian_prior, prior_samples=prior_x, progress=False)
     assert d.result is None and "forced divergence" in d.error and d.agreement is None
-    drow = targets.analysis_table_rows([d])[0]
+    drow = manuscript.analysis_table_rows([d])[0]
     assert drow[5:9] == ["diverged"] * 4
     assert drow[9] == ("diverged" if with_hst else "no HST")
     assert "mean" not in d.figure_row()

@@ -47,10 +47,10 @@ def test_score_estimate_of_the_truth(reference, tiny_dataset):
 
 
 def test_baselines_on_the_model_grid(reference, tiny_dataset):
-    from diffdecon import targets
+    from diffdecon.problem import from_mock
 
     mk = validation.mock_set("smoke", reference, n=1, dataset=tiny_dataset)[0]
-    prob = targets.from_mock(mk, "smoke")
+    prob = from_mock(mk, "smoke")
     est = validation.baseline_estimates(prob)
     assert set(est) == {"richardson_lucy", "wiener"}
     for img in est.values():
@@ -87,23 +87,24 @@ def test_run_validation_and_calibration(smoke_gaussian_prior, reference, tiny_da
 
 def test_dps_diverging_at_every_scale_is_recorded(smoke_gaussian_prior, reference, tiny_dataset, monkeypatch):
     """A mock on which DPS diverges for every zeta is kept as 'diverged', not a crash or a mean."""
-    from diffdecon import targets
+    from diffdecon import deconvolution, problem as problem_module
+    from diffdecon.errors import DivergenceError
 
-    real = targets.deconvolve
+    real = deconvolution.deconvolve
     calls = []
 
     def flaky(problem, prior, sampler, **kw):
         calls.append((problem.name, sampler, kw.get("zeta")))
         if sampler == "dps" and problem is mocks_problems[0]:
-            raise targets.DeconvolutionError("forced divergence (test)")
+            raise DivergenceError("forced divergence (test)")
         return real(problem, prior, sampler, **kw)
 
     mocks = validation.mock_set("smoke", reference, n=2, dataset=tiny_dataset)
     mocks_problems = []
-    real_from_mock = targets.from_mock
-    monkeypatch.setattr(targets, "from_mock", lambda m, p: mocks_problems.append(real_from_mock(m, p))
+    real_from_mock = problem_module.from_mock
+    monkeypatch.setattr(problem_module, "from_mock", lambda m, p: mocks_problems.append(real_from_mock(m, p))
                         or mocks_problems[-1])
-    monkeypatch.setattr(targets, "deconvolve", flaky)
+    monkeypatch.setattr(deconvolution, "deconvolve", flaky)
     settings = validation.SamplerSettings(n=2, mmps_steps=2, cg_iters=1, dps_steps=3, dps_zeta=1e-4)
     ref = smoke_gaussian_prior.mu + 0.1 * torch.randn((6, *smoke_gaussian_prior.mu.shape),
                                                       generator=torch.Generator().manual_seed(2))

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from . import __version__
 from .config import BANDS, PROFILES
+from .errors import DiffdeconError, DivergenceError
 
 EXIT_INPUT_ERROR = 2
 
@@ -57,10 +55,7 @@ output (one FITS file, written atomically):
   scale, per-band reduced chi^2 and the aperture variance ratio.
 """
 
-_BAND_KEYS = ("FILTER", "BAND", "FILTER1", "FILTER2", "FILTNAM1", "FILTNAME")
-
-
-class CLIError(Exception):
+class CLIError(DiffdeconError):
     """An input problem, reported as one line and exit status 2."""
 
 
@@ -152,254 +147,73 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- FITS input
 
 
-def _band_of(value: Any) -> str | None:
-    """'HSC-G', 'g', 'HSC-I2', 'SDSS r' -> 'g', 'g', 'i', 'r'; anything else -> the raw string."""
-    text = str(value).strip()
-    m = re.fullmatch(r"(?:.*[-_ ])?([grizyGRIZY])2?", text)
-    return m.group(1).lower() if m else text
-
-
-def _read_2d(path: Path, what: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
-    """(array, header of its HDU, band keywords found) of the first 2-D HDU of ``path``."""
-    from astropy.io import fits
-
-    if not path.is_file():
-        raise CLIError(f"{what} {path}: no such file")
-    try:
-        hdul = fits.open(path)
-    except OSError as err:
-        raise CLIError(f"{what} {path}: not a readable FITS file ({err})") from None
-    with hdul:
-        hdus = [h for h in hdul if getattr(h, "data", None) is not None and np.ndim(h.data) == 2]
-        if not hdus:
-            raise CLIError(f"{what} {path}: no HDU holds a 2-D array; accepted: a FITS file with a 2-D image")
-        hdu = hdus[0]
-        arr = np.asarray(hdu.data, dtype=np.float64)
-        header = hdu.header.copy()
-        keys = {}
-        for h in (hdul[0].header, hdu.header):
-            for k in _BAND_KEYS:
-                if k in h and str(h[k]).strip():
-                    keys[k] = h[k]
-    return arr, header, keys
-
-
-def _check_band(path: Path, keys: dict[str, Any], band: str, what: str) -> None:
-    for k, v in keys.items():
-        found = _band_of(v)
-        if found in BANDS and found != band:
-            raise CLIError(f"{what} {path} is for band {found!r} ({k}={v!r}) but was given in position of band "
-                           f"{band!r}; accepted: files in the order {' '.join(BANDS)}")
-
-
-def _celestial_wcs(header):
-    from astropy.wcs import WCS, FITSFixedWarning
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            w = WCS(header)
-        except Exception:  # noqa: BLE001 - a broken WCS is reported as "no WCS"
-            return None
-    return w.celestial if w.has_celestial else None
-
-
 def load_observation(args) -> Any:
-    """Read and check the inputs of ``deconvolve`` and build the InverseProblem."""
-    from . import physics, targets
+    """Read the inputs of ``deconvolve`` and build the InverseProblem.
 
-    n_b = len(BANDS)
-    if len(args.image) != n_b:
-        raise CLIError(f"--image got {len(args.image)} file(s); accepted: {n_b}, one per band in the order {' '.join(BANDS)}")
-    if len(args.psf) != n_b:
-        raise CLIError(f"--psf got {len(args.psf)} file(s); accepted: {n_b}, one per band in the order {' '.join(BANDS)}")
+    The files are read band by band (:func:`diffdecon.fits_io.read_band_image`, which checks
+    the band keywords); shapes, finite pixels, PSFs, the redshift's observed size and the
+    window are checked by :func:`diffdecon.problem.prepare_observation`.
+    """
+    from .fits_io import celestial_wcs, read_band_image
+    from .problem import prepare_observation
+
+    for flag, files in (("--image", args.image), ("--psf", args.psf)):
+        if len(files) != len(BANDS):
+            raise CLIError(f"{flag} got {len(files)} file(s); accepted: {len(BANDS)}, one per band in the order "
+                           f"{' '.join(BANDS)}")
     z = args.redshift
     if not (math.isfinite(z) and z > 0):
         raise CLIError(f"--redshift {z!r} is invalid; accepted: a finite redshift > 0")
+    images, headers = zip(*(read_band_image(p, b, "image") for b, p in zip(BANDS, args.image)))
+    psfs = [read_band_image(p, b, "PSF")[0] for b, p in zip(BANDS, args.psf)]
+    wcs = celestial_wcs(headers[-1])
+    scale = _pixel_scale(args, wcs)
+    center, ra, dec = _galaxy_position(args, wcs, images[-1].shape)
+    try:
+        return prepare_observation(images, psfs, z, PROFILES[args.profile], center, scale, wcs=wcs,
+                                   name=Path(args.image[-1]).stem, source="files " + ", ".join(p.name for p in args.image),
+                                   ra=ra, dec=dec)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
-    images, wcss = [], []
-    for band, path in zip(BANDS, args.image):
-        arr, header, keys = _read_2d(path, f"image ({band})")
-        _check_band(path, keys, band, "image")
-        bad = int((~np.isfinite(arr)).sum())
-        if bad == arr.size:
-            raise CLIError(f"image {path} holds no finite pixel (all {arr.size} are NaN/inf)")
-        if bad:
-            raise CLIError(f"image {path} has {bad} non-finite pixel(s) (NaN/inf) out of {arr.size}; "
-                           "accepted: finite values (masked pixels are not supported)")
-        images.append(arr)
-        wcss.append(_celestial_wcs(header))
-    shapes = {b: im.shape for b, im in zip(BANDS, images)}
-    if len(set(shapes.values())) != 1:
-        raise CLIError(f"images differ in shape: {', '.join(f'{b} {s}' for b, s in shapes.items())}; "
-                       "accepted: the same pixel grid in every band")
-    psfs = []
-    for band, path in zip(BANDS, args.psf):
-        arr, _, keys = _read_2d(path, f"PSF ({band})")
-        _check_band(path, keys, band, "PSF")
-        try:
-            psfs.append(physics.validate_psf(arr, name=f"PSF {path}"))
-        except ValueError as err:
-            raise CLIError(str(err)) from None
-    psf_shapes = {b: p.shape for b, p in zip(BANDS, psfs)}
-    if len(set(psf_shapes.values())) != 1:
-        raise CLIError(f"PSFs differ in shape: {', '.join(f'{b} {s}' for b, s in psf_shapes.items())}; "
-                       "accepted: the same (k, k) size in every band")
 
-    wcs = wcss[-1]
+def _pixel_scale(args, wcs) -> float:
+    """Pixel scale [arcsec/px] from the WCS, checked against --pixel-scale; or --pixel-scale."""
+    from .fits_io import pixel_scale_arcsec
+
     if wcs is not None:
-        from .data import pixel_scale_arcsec
-
         scale = pixel_scale_arcsec(wcs)
         if args.pixel_scale is not None and abs(args.pixel_scale - scale) > 0.01 * scale:
             raise CLIError(f"--pixel-scale {args.pixel_scale} arcsec/px disagrees with the WCS of {args.image[-1]} "
                            f"({scale:.5g} arcsec/px); omit --pixel-scale or fix the header")
+    elif args.pixel_scale is None:
+        raise CLIError(f"{args.image[-1]} has no celestial WCS: give --pixel-scale [arcsec/px]")
     else:
-        if args.pixel_scale is None:
-            raise CLIError(f"{args.image[-1]} has no celestial WCS: give --pixel-scale [arcsec/px]")
         scale = args.pixel_scale
     if not (math.isfinite(scale) and scale > 0):
         raise CLIError(f"pixel scale {scale!r} arcsec/px is invalid; accepted: > 0")
+    return scale
 
+
+def _galaxy_position(args, wcs, shape: tuple[int, int]):
+    """``((x, y) [px], ra, dec [deg])`` of the galaxy: --ra/--dec through the WCS, else the
+    image centre (ra, dec from the WCS when there is one, else None)."""
     if (args.ra is None) != (args.dec is None):
         raise CLIError("give both --ra and --dec, or neither (the galaxy is then at the image centre)")
-    n_y, n_x = images[0].shape
-    ra = dec = None
-    if args.ra is not None:
-        if wcs is None:
-            raise CLIError("--ra/--dec need a celestial WCS in the image header")
-        x, y = (float(v) for v in wcs.world_to_pixel_values(args.ra, args.dec))
-        ra, dec = args.ra, args.dec
-        if not (0 <= x <= n_x - 1 and 0 <= y <= n_y - 1):
-            raise CLIError(f"--ra {args.ra} --dec {args.dec} falls at pixel ({x:.1f}, {y:.1f}), outside the "
-                           f"{n_x} x {n_y} image")
-    else:
+    n_y, n_x = shape
+    if args.ra is None:
         x, y = (n_x - 1) / 2, (n_y - 1) / 2
+        ra = dec = None
         if wcs is not None:
             ra, dec = (float(v) for v in wcs.pixel_to_world_values(x, y))
-
-    profile = PROFILES[args.profile]
-    try:
-        m = physics.observed_size(z, profile.image_size, profile.pixel_scale_kpc, scale)
-    except ValueError as err:
-        raise CLIError(f"--redshift {z}: {err}") from None
-    try:
-        return targets.prepare_observation(
-            np.stack(images), np.stack(psfs), z, profile, (x, y), scale, wcs=wcs,
-            name=Path(args.image[-1]).stem, source="files " + ", ".join(p.name for p in args.image), ra=ra, dec=dec)
-    except ValueError as err:
-        raise CLIError(f"{err} (m(z, p) = {m:.1f} px)") from None
-
-
-# --------------------------------------------------------------------------- output
-
-
-def model_grid_wcs(problem) -> Any:
-    """WCS of the model grid: centred on the galaxy, pixel scale
-    ``pixel_scale_kpc * arcsec_per_kpc(z)`` [arcsec] (in degrees), the orientation of the
-    input WCS; without an input WCS, linear offsets in arcsec from the galaxy."""
-    from astropy.wcs import WCS
-
-    from .physics import arcsec_per_kpc
-
-    P = problem.profile
-    scale_arcsec = P.pixel_scale_kpc * arcsec_per_kpc(problem.z)  # model pixel [arcsec]
-    w = WCS(naxis=2)
-    w.wcs.crpix = [(P.image_size + 1) / 2, (P.image_size + 1) / 2]  # FITS 1-based geometric centre
-    if problem.wcs is not None and problem.ra is not None:
-        src = problem.wcs.celestial
-        psm = src.pixel_scale_matrix  # deg/px, with orientation and sign
-        obs_deg = problem.pixel_scale_arcsec / 3600.0
-        w.wcs.pc = psm / obs_deg
-        w.wcs.cdelt = [scale_arcsec / 3600.0, scale_arcsec / 3600.0]
-        w.wcs.ctype = list(src.wcs.ctype)
-        w.wcs.cunit = ["deg", "deg"]
-        w.wcs.crval = [problem.ra, problem.dec]
-        if src.wcs.radesys:
-            w.wcs.radesys = src.wcs.radesys
-    else:
-        w.wcs.ctype = ["OFFSET-X", "OFFSET-Y"]
-        w.wcs.cunit = ["arcsec", "arcsec"]
-        w.wcs.cdelt = [scale_arcsec, scale_arcsec]
-        w.wcs.crval = [0.0, 0.0]
-    return w
-
-
-def write_result(path: Path, result, prior, overwrite: bool = False, save_samples: bool = False,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write a :class:`diffdecon.targets.PosteriorResult` to one FITS file, atomically.
-
-    HDUs: primary (provenance header, no data), MEAN, STD, VARRATIO, and SAMPLES with
-    ``save_samples``. Refuses an existing ``path`` unless ``overwrite``.
-    """
-    from astropy.io import fits
-
-    from . import cache
-    from .metrics import reduced_chi2  # noqa: F401  (chi2 already in result)
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise CLIError(f"output {path} exists; pass --overwrite to replace it")
-    pb = result.problem
-    P = pb.profile
-    hdr = fits.Header()
-    hdr["ORIGIN"] = ("diffdecon", "Bayesian deconvolution with a diffusion prior")
-    hdr["DDVERS"] = (__version__, "diffdecon package version")
-    hdr["PROFILE"] = (P.name, "model profile")
-    sha = getattr(prior, "checkpoint_sha256", None) or "none"
-    hdr["CKPTSHA"] = sha  # SHA-256 of the prior weights (64 hex digits: no room for a comment)
-    ckpt = getattr(prior, "checkpoint_path", None)
-    hdr["CKPTFILE"] = (Path(ckpt).name if ckpt else "none", "prior weights file")
-    hdr["SAMPLER"] = (result.sampler, "posterior sampler")
-    hdr["STEPS"] = (result.steps, "sampling steps")
-    hdr["SEED"] = (-1 if result.seed is None else result.seed, "random seed (-1: external generator)")
-    hdr["NSAMPLE"] = (result.n, "posterior samples")
-    hdr["REDSHIFT"] = (pb.z, "redshift of the galaxy")
-    hdr["PIXSCALE"] = (pb.pixel_scale_arcsec, "[arcsec/px] observation pixel scale")
-    hdr["MPIXKPC"] = (P.pixel_scale_kpc, "[kpc/px] model pixel scale (proper)")
-    hdr["MOBS"] = (pb.m, "[obs px] model field size m(z,p)")
-    hdr["UPSAMP"] = (pb.upsampling_factor, "upsampling factor image_size / m")
-    hdr["FLUXSCL"] = (pb.scale, "model flux = FLUXSCL * unstretch(x)")
-    for c, b in enumerate(P.bands):
-        hdr[f"CHI2_{b.upper()}"] = (float(result.chi2[c]), f"reduced chi2 of A(mean), band {b}")
-        hdr[f"SIGMA_{b.upper()}"] = (float(pb.sigma[c]), f"[flux/px] noise sigma, band {b}")
-        hdr[f"BKG_{b.upper()}"] = (float(pb.background[c]), f"background subtracted, band {b}")
-    hdr["VRAPER"] = (result.variance_ratio_aperture, "mean variance ratio in the aperture")
-    hdr["VRRAD"] = (P.aperture_radius_px, "[model px] aperture radius")
-    if pb.ra is not None:
-        hdr["RA_GAL"] = (pb.ra, "[deg] galaxy position")
-        hdr["DEC_GAL"] = (pb.dec, "[deg] galaxy position")
-    if pb.window is not None:
-        hdr["WIN_ROW0"], hdr["WIN_COL0"], hdr["WIN_N"] = pb.window
-    hdr["WALLTIME"] = (round(result.wall_time_s, 3), "[s] posterior sampling time")
-    hdr["SOURCE"] = pb.source[:68]
-    for k, v in (extra or {}).items():
-        hdr[k] = v
-    wcs_hdr = model_grid_wcs(pb).to_header()
-    bands_hdr = {f"BAND{c + 1}": b for c, b in enumerate(P.bands)}
-
-    def image_hdu(arr, name, unit):
-        h = fits.ImageHDU(np.asarray(arr, dtype=np.float32), name=name)
-        h.header.update(wcs_hdr)
-        h.header["BUNIT"] = unit
-        if np.ndim(arr) >= 3:
-            for k, v in bands_hdr.items():
-                h.header[k] = v
-        return h
-
-    unit = "input flux / model px"
-    hdus = [fits.PrimaryHDU(header=hdr),
-            image_hdu(result.mean.cpu().numpy(), "MEAN", unit),
-            image_hdu(result.std.cpu().numpy(), "STD", unit),
-            image_hdu(result.variance_ratio.cpu().numpy(), "VARRATIO", "dimensionless")]
-    if save_samples:
-        hdus.append(image_hdu(result.flux_samples.cpu().numpy(), "SAMPLES", unit))
-    with cache.atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
-        if path.exists() and not overwrite:  # appeared while we were sampling
-            raise CLIError(f"output {path} exists; pass --overwrite to replace it")
-    return path
+        return (x, y), ra, dec
+    if wcs is None:
+        raise CLIError("--ra/--dec need a celestial WCS in the image header")
+    x, y = (float(v) for v in wcs.world_to_pixel_values(args.ra, args.dec))
+    if not (0 <= x <= n_x - 1 and 0 <= y <= n_y - 1):
+        raise CLIError(f"--ra {args.ra} --dec {args.dec} falls at pixel ({x:.1f}, {y:.1f}), outside the "
+                       f"{n_x} x {n_y} image")
+    return (x, y), args.ra, args.dec
 
 
 # --------------------------------------------------------------------------- commands
@@ -432,17 +246,19 @@ def _load_prior(args, prior):
 def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
     import torch
 
-    from . import targets
+    from .deconvolution import deconvolve
+    from .reference_samples import prior_samples
+    from .result_fits import write_result
 
     kw = _sampler_kwargs(args)
     progress = not args.quiet
     print(f"[diffdecon] {problem.name}: z={problem.z:g}, window {tuple(problem.y.shape[-2:])} px, "
           f"m(z,p)={problem.m:.1f} px, upsampling {problem.upsampling_factor:.2f}, flux scale {problem.scale:.4g}",
           file=sys.stderr)
-    ref = targets.cached_prior_samples(prior, n=args.prior_samples, seed=args.seed, progress=progress)
-    result = targets.deconvolve(problem, prior, sampler=args.sampler, n=args.samples, steps=args.steps,
-                                generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size,
-                                prior_samples=ref, progress=progress, **kw)
+    ref = prior_samples(prior, n=args.prior_samples, seed=args.seed, progress=progress)
+    result = deconvolve(problem, prior, sampler=args.sampler, n=args.samples, steps=args.steps,
+                        generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size,
+                        prior_samples=ref, progress=progress, **kw)
     result.seed = args.seed
     extra = extra_fn(result) if extra_fn else None
     write_result(args.output, result, prior, overwrite=args.overwrite, save_samples=args.save_samples, extra=extra)
@@ -495,7 +311,9 @@ def cmd_targets(args) -> int:
 
 
 def cmd_deconvolve_target(args, prior=None) -> int:
-    from . import data, targets
+    from . import data
+    from .hst import hst_agreement, hst_on_hsc_grid
+    from .problem import prepare_target
 
     if args.output.exists() and not args.overwrite:
         raise CLIError(f"output {args.output} exists; pass --overwrite to replace it")
@@ -506,13 +324,13 @@ def cmd_deconvolve_target(args, prior=None) -> int:
     if args.name not in present:
         raise CLIError(f"unknown target {args.name!r}; present: {', '.join(present) or 'none'}")
     target = data.load_target(args.name, args.root)
-    problem = targets.prepare_target(target, args.profile)
+    problem = prepare_target(target, args.profile)
 
     def extra(result):
-        hst = targets.hst_on_hsc_grid(target, problem)
+        hst = hst_on_hsc_grid(target, problem)
         if hst is None:
             return {"HSTCMP": ("none", "no HST cutout for this target")}
-        agr = targets.hst_agreement(result.mean, problem, hst, target=target)
+        agr = hst_agreement(result.mean, problem, hst, target=target)
         return {"HSTCORR": (agr.correlation, "corr. of mean(i) with HST"),
                 "HSTFRAT": (agr.flux_ratio, "flux ratio mean(i) / HST (AB)"),
                 "HSTFWHM": (agr.fwhm_arcsec, "[arcsec] common Gaussian FWHM")}
@@ -526,9 +344,6 @@ def main(argv: Sequence[str] | None = None, *, prior=None) -> int:
     ``prior``: an already loaded prior used instead of ``--checkpoint`` (to call the
     command from Python with a prior held in memory).
     """
-    from . import data
-    from .samplers import SamplerDivergenceError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -540,10 +355,10 @@ def main(argv: Sequence[str] | None = None, *, prior=None) -> int:
         if args.command == "targets":
             return cmd_targets(args)
         return cmd_deconvolve_target(args, prior)
-    except (CLIError, data.DataError) as err:
-        print(f"diffdecon: error: {err}", file=sys.stderr)
-    except SamplerDivergenceError as err:
+    except DivergenceError as err:
         print(f"diffdecon: error: sampling failed: {err}", file=sys.stderr)
+    except DiffdeconError as err:  # CLIError, DataError, OutputExistsError, InputValueError, ...
+        print(f"diffdecon: error: {err}", file=sys.stderr)
     return EXIT_INPUT_ERROR
 
 

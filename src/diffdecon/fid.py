@@ -30,6 +30,7 @@ import torch
 from . import cache, paths
 from .config import Profile, get_profile
 from .prior import X0_RANGE
+from .reference_samples import prior_samples
 
 FEATURE_LABEL = "galaxy-encoder features (not Inception)"
 """Label printed beside every FID computed with the default extractor."""
@@ -297,29 +298,6 @@ X0_CLIP = X0_RANGE
 """Range to which Tweedie's x0 is clipped in unconditional sampling (:data:`diffdecon.prior.X0_RANGE`)."""
 
 
-def prior_samples(prior, n: int, seed: int, steps: int = 50, progress: bool = True) -> torch.Tensor:
-    """``n`` unconditional DDIM samples (eta = 0, ``steps`` steps, x0 clipped to
-    :data:`X0_CLIP`) of ``prior`` in prior space, cached under ``<cache>/prior_samples/``
-    keyed by the checkpoint's SHA-256."""
-    from .samplers import ddim_sample
-
-    sha = getattr(prior, "checkpoint_sha256", None)
-    if sha is None:
-        raise ValueError("prior has no checkpoint_sha256 (load it with load_prior/load_snapshot) to key the cache")
-    inputs = {"checkpoint_sha256": sha, "n": int(n), "seed": int(seed), "sampler": "ddim", "eta": 0.0,
-              "steps": int(steps), "profile": prior.profile.name, "x0_clip": list(X0_CLIP)}
-    path = paths.cache_dir() / "prior_samples" / f"{prior.profile.name}-{cache.hash_inputs(inputs)}.pt"
-
-    def build(tmp: Path) -> None:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            x = ddim_sample(prior, n, g, steps=steps, eta=0.0, x0_clip=X0_CLIP, progress=progress)
-        torch.save(x.cpu().float(), tmp)
-
-    cache.cached(path, inputs, build, what=f"{n} prior samples")
-    return torch.load(path)
-
-
 def training_floor(encoder: Encoder, x_train: torch.Tensor, n: int, seed: int) -> float:
     """FID between two disjoint random halves (``n`` images each) of the training set: the
     value a perfect model would reach with ``n`` samples (finite-sample floor)."""
@@ -329,29 +307,6 @@ def training_floor(encoder: Encoder, x_train: torch.Tensor, n: int, seed: int) -
     f1 = encoder.features(x_train[perm[:n]])
     f2 = encoder.features(x_train[perm[n:2 * n]])
     return fid_from_features(f1, f2)
-
-
-def fid_table_rows(profile: Profile | str, fids: dict[int, float], floor: float,
-                   fid_sd: dict[int, float] | None = None,
-                   change: dict[int, tuple[float, float]] | None = None) -> list[list[Any]]:
-    """Rows for the FID table: training fraction, paper step, paper FID, our step, our FID,
-    and, when given, its bootstrap standard deviation (``fid_sd``) and its change from the
-    earliest snapshot with the paired-bootstrap standard deviation of that change
-    (``change[step] = (FID(step) - FID(earliest), sd)``; see :class:`PriorEvaluation`).
-    The floor row closes the table."""
-    from .training import PAPER_FID, PAPER_FID_STEPS, fid_steps
-
-    ours = fid_steps(profile)
-    rows = []
-    for ps, pf, s in zip(PAPER_FID_STEPS, PAPER_FID, ours):
-        row = [f"{ps / 525_000:.3f}", f"{ps // 1000}k", pf, s, fids[s]]
-        if fid_sd is not None:
-            row.append(fid_sd[s])
-        if change is not None:
-            row.append("" if s == ours[0] else f"{change[s][0]:+.3f} $\\pm$ {change[s][1]:.3f}")
-        rows.append(row)
-    floor_row = ["floor", "", "", "", floor] + [""] * ((fid_sd is not None) + (change is not None))
-    return rows + [floor_row]
 
 
 def save_json(path: Path, obj: dict[str, Any]) -> Path:
@@ -438,7 +393,7 @@ def evaluate_prior(profile: Profile | str, model_dir: str | Path | None = None, 
     fids, samples, feats = {}, {}, {}
     for s in fid_steps(profile):
         prior = load_snapshot(profile, s, model_dir)
-        x = prior_samples(prior, n, seed=profile.seed + 7, steps=ddim_steps, progress=progress)
+        x = prior_samples(prior, n, steps=ddim_steps, seed=profile.seed + 7, x0_clip=X0_CLIP, progress=progress)
         samples[s], feats[s] = x, encoder.features(x)
         fids[s] = fid_from_features(train_features, feats[s])
         print(f"[diffdecon] FID ({FEATURE_LABEL}) at step {s}: {fids[s]:.3f} (floor {floor:.3f}, n = {n})")

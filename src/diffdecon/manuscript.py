@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from . import paths
 from .cache import atomic_write_text
+from .config import Profile
 
 _NAME = re.compile(r"^[A-Za-z]+$")
 
@@ -81,3 +82,52 @@ def latex_table(
 def write_table(name: str, latex: str, directory: Path | None = None) -> Path:
     """Write a LaTeX table to ``paper/tables/<name>.tex`` atomically."""
     return atomic_write_text((directory or paths.TABLES) / f"{name}.tex", latex)
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def analysis_table_rows(analyses: Sequence[Any]) -> list[list[str]]:
+    """Rows of the targets' table (LaTeX-ready strings): target, z, i mag, m(z, p) [HSC px],
+    upsampling factor, reduced chi^2 per band g, r, i of A(posterior mean) against y, the
+    aperture variance ratio, the HST correlation (``no HST`` without a cutout) and the wall
+    time [s]. ``analyses``: :class:`diffdecon.targets.TargetAnalysis` objects. A diverged
+    sampler shows ``diverged`` in the posterior columns."""
+    rows = []
+    for a in analyses:
+        row = [latex_escape(a.name), f"{a.z:.4f}", f"{a.i_mag:.2f}", f"{a.m:.1f}", f"{a.upsampling_factor:.2f}"]
+        if a.result is None:
+            row += ["diverged"] * 4
+        else:
+            row += [f"{c:.2f}" if abs(c) < 1e4 else f"{c:.2e}" for c in a.result.chi2]
+            row += [f"{a.result.variance_ratio_aperture:.3f}"]
+        if a.hst is None:
+            row.append("no HST")
+        else:
+            row.append("diverged" if a.agreement is None else f"{a.agreement.correlation:.3f}")
+        row.append(f"{a.wall_time_s:.1f}")
+        rows.append(row)
+    return rows
+
+
+def fid_table_rows(profile: Profile | str, fids: dict[int, float], floor: float,
+                   fid_sd: dict[int, float] | None = None,
+                   change: dict[int, tuple[float, float]] | None = None) -> list[list[Any]]:
+    """Rows for the FID table: training fraction, paper step, paper FID, our step, our FID,
+    and, when given, its bootstrap standard deviation (``fid_sd``) and its change from the
+    earliest snapshot with the paired-bootstrap standard deviation of that change
+    (``change[step] = (FID(step) - FID(earliest), sd)``; see :class:`PriorEvaluation`).
+    The floor row closes the table."""
+    from .training import PAPER_FID, PAPER_FID_STEPS, fid_steps
+
+    ours = fid_steps(profile)
+    rows = []
+    for ps, pf, s in zip(PAPER_FID_STEPS, PAPER_FID, ours):
+        row = [f"{ps / 525_000:.3f}", f"{ps // 1000}k", pf, s, fids[s]]
+        if fid_sd is not None:
+            row.append(fid_sd[s])
+        if change is not None:
+            row.append("" if s == ours[0] else f"{change[s][0]:+.3f} $\\pm$ {change[s][1]:.3f}")
+        rows.append(row)
+    floor_row = ["floor", "", "", "", floor] + [""] * ((fid_sd is not None) + (change is not None))
+    return rows + [floor_row]

@@ -10,16 +10,9 @@ import math
 
 import numpy as np
 
+from .arrays import to_numpy
+
 __all__ = ["psnr", "ssim", "flux_error", "reduced_chi2"]
-
-
-def _np(a, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    a = np.asarray(a, dtype=np.float64)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains non-finite values")
-    return a
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
@@ -33,7 +26,7 @@ def psnr(truth, estimate, data_range: float | None = None) -> float:
     ``data_range`` [same units as the images] defaults to ``truth.max() - truth.min()``.
     Returns ``inf`` for identical images.
     """
-    t, e = _np(truth, "truth"), _np(estimate, "estimate")
+    t, e = to_numpy(truth, name="truth"), to_numpy(estimate, name="estimate")
     _same_shape(t, e)
     if data_range is None:
         data_range = float(t.max() - t.min())
@@ -53,7 +46,7 @@ def ssim(truth, estimate, data_range: float | None = None, win_size: int | None 
     """
     from skimage.metrics import structural_similarity
 
-    t, e = _np(truth, "truth"), _np(estimate, "estimate")
+    t, e = to_numpy(truth, name="truth"), to_numpy(estimate, name="estimate")
     _same_shape(t, e)
     if t.ndim == 2:
         t, e = t[None], e[None]
@@ -76,7 +69,7 @@ def flux_error(truth, estimate, per_band: bool = False):
     Images in linear flux units (not the stretched prior space). With ``per_band`` the
     sums run over the last two axes of ``(C, H, W)`` images and a ``(C,)`` array is returned.
     """
-    t, e = _np(truth, "truth"), _np(estimate, "estimate")
+    t, e = to_numpy(truth, name="truth"), to_numpy(estimate, name="estimate")
     _same_shape(t, e)
     if per_band:
         if t.ndim < 3:
@@ -98,10 +91,10 @@ def reduced_chi2(y, Ax, sigma, dof: int | None = None) -> float:
     ``dof``: degrees of freedom, default the number of entries of ``y``. ~1 when the model
     fits to the noise level.
     """
-    yy, ax = _np(y, "y"), _np(Ax, "Ax")
+    yy, ax = to_numpy(y, name="y"), to_numpy(Ax, name="Ax")
     if yy.shape != ax.shape:
         raise ValueError(f"y has shape {yy.shape} but Ax has shape {ax.shape}")
-    s = _np(sigma, "sigma")
+    s = to_numpy(sigma, name="sigma")
     if s.ndim == 1 and s.size > 1:
         if yy.ndim < 3 or yy.shape[-3] != s.size:
             raise ValueError(f"sigma has {s.size} entries: expected one per band of (..., C, h, w) data, got {yy.shape}")

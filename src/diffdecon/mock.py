@@ -3,13 +3,12 @@
 An idealized image (linear flux per model pixel) is placed at a redshift, rebinned onto
 the HSC grid, convolved with an HSC PSF and given Gaussian noise with the per-band sigma
 measured on the real HSC cutouts. Where the real cutouts are absent, a documented
-fallback is used (Gaussian PSFs, FACTS noise level) and the returned object says so:
+fallback is used (Gaussian PSFs, a typical HSC noise level) and the returned object says so:
 every figure made from it must carry :attr:`MockSetup.source` on itself.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +16,9 @@ import torch
 
 from . import data
 from .config import BANDS, HSC_PIXEL_SCALE, Profile, get_profile
-from .physics import ForwardModel, gaussian_psf, mock_observation, observed_size, validate_psf
+from .cosmology import WINDOW_MARGIN, observed_size, window_side
+from .physics import ForwardModel, mock_observation
+from .psf import gaussian_psf, validate_psf
 
 FALLBACK_FWHM_ARCSEC: dict[str, float] = {"g": 0.79, "r": 0.75, "i": 0.62}
 """Gaussian PSF FWHM per band [arcsec] when no real PSF is present (HSC-SSP UltraDeep
@@ -78,7 +79,7 @@ def hsc_reference(target: str | None = None, root=None) -> HSCReference:
                             f"HSC PDR3 {t.name}", True)
     print(f"[diffdecon] real HSC data not found ({reason}); using Gaussian PSFs and sigma={FALLBACK_SIGMA}")
     psfs = np.stack([gaussian_psf(FALLBACK_FWHM_ARCSEC[b], PSF_SIZE, HSC_PIXEL_SCALE) for b in BANDS])
-    return HSCReference(psfs, np.full(len(BANDS), FALLBACK_SIGMA), "fallback: Gaussian PSF, FACTS sigma", False)
+    return HSCReference(psfs, np.full(len(BANDS), FALLBACK_SIGMA), "fallback: Gaussian PSF, typical HSC sigma", False)
 
 
 def gaussian_reference(fwhm_arcsec: float, sigma, size: int = PSF_SIZE) -> HSCReference:
@@ -89,12 +90,11 @@ def gaussian_reference(fwhm_arcsec: float, sigma, size: int = PSF_SIZE) -> HSCRe
     return HSCReference(np.stack([psf] * len(BANDS)), sig, f"Gaussian PSF FWHM {fwhm_arcsec}\"", False)
 
 
-def mock_obs_size(z: float, profile: Profile | str, margin: int = 4) -> int:
-    """Side of a mock observation [obs px]: the model field m(z, p) rounded up, plus
-    ``margin`` pixels on each side for the light the PSF scatters out of it."""
+def mock_obs_size(z: float, profile: Profile | str, margin: int = WINDOW_MARGIN) -> int:
+    """Side of a mock observation [obs px]: the observation window
+    (:func:`diffdecon.cosmology.window_side`) around the model field m(z, p)."""
     P = get_profile(profile)
-    m = observed_size(z, P.image_size, P.pixel_scale_kpc, HSC_PIXEL_SCALE)
-    return int(math.ceil(m)) + 2 * margin
+    return window_side(observed_size(z, P.image_size, P.pixel_scale_kpc, HSC_PIXEL_SCALE), margin)
 
 
 @dataclass

@@ -46,11 +46,16 @@ import torch
 import torch.nn.functional as F
 
 from .config import HSC_PIXEL_SCALE
+from .cosmology import (MIN_OBSERVED_SIZE, WINDOW_MARGIN, arcsec_per_kpc, check_positive, check_size, check_z,
+                        observed_size, window_side)
+from .psf import gaussian_psf, validate_psf
 
 __all__ = [
     "MIN_OBSERVED_SIZE",
+    "WINDOW_MARGIN",
     "arcsec_per_kpc",
     "observed_size",
+    "window_side",
     "validate_psf",
     "gaussian_psf",
     "rebin_matrix",
@@ -58,218 +63,6 @@ __all__ = [
     "add_noise",
     "mock_observation",
 ]
-
-MIN_OBSERVED_SIZE: float = 8.0
-"""Smallest accepted observed size m(z, p) of the model field [obs px].
-
-Below about 8 observation pixels the whole model image collapses into a few HSC pixels
-(smaller than the HSC PSF FWHM of about 4 px): the observation carries almost no
-information about the galaxy's structure and the inverse problem is meaningless."""
-
-
-# --------------------------------------------------------------------------------------
-# Cosmology: angular scale and observed size m(z, p)
-# --------------------------------------------------------------------------------------
-
-
-def _accepted_cosmologies() -> tuple[str, ...]:
-    from astropy.cosmology import realizations
-
-    return tuple(realizations.available)
-
-
-def _get_cosmology(cosmology: Any):
-    """Resolve ``cosmology`` (a name of an astropy built-in realisation or an instance)."""
-    from astropy.cosmology import Cosmology
-
-    if isinstance(cosmology, Cosmology):
-        return cosmology
-    accepted = _accepted_cosmologies()
-    if isinstance(cosmology, str) and cosmology in accepted:
-        import astropy.cosmology
-
-        return getattr(astropy.cosmology, cosmology)
-    raise ValueError(
-        f"unknown cosmology {cosmology!r}; accepted: an astropy.cosmology.Cosmology "
-        f"instance or one of the built-in realisations {', '.join(accepted)}"
-    )
-
-
-def _check_z(z: Any) -> float:
-    try:
-        zf = float(z)
-    except (TypeError, ValueError):
-        raise ValueError(f"redshift z={z!r} is not a number; accepted: z > 0") from None
-    if not math.isfinite(zf) or zf <= 0:
-        raise ValueError(f"invalid redshift z={z!r}; accepted: z > 0 (finite)")
-    return zf
-
-
-def _check_positive(name: str, value: Any, unit: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not a number; accepted: > 0 [{unit}]") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"invalid {name}={value!r}; accepted: finite and > 0 [{unit}]")
-    return v
-
-
-def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"invalid {name}={value!r}; accepted: a positive integer [px]")
-    return int(value)
-
-
-def arcsec_per_kpc(z: float, cosmology: Any = "Planck15") -> float:
-    """Angular size of one proper kpc at redshift ``z`` [arcsec/kpc].
-
-    Parameters
-    ----------
-    z : float
-        Redshift, > 0.
-    cosmology : str or astropy.cosmology.Cosmology
-        A built-in astropy realisation by name (``"Planck15"`` as in the reference code,
-        ``"Planck18"``, ``"WMAP9"``, ...) or a ``Cosmology`` instance.
-
-    Raises
-    ------
-    ValueError
-        If ``z`` is not finite and > 0, or ``cosmology`` is not accepted.
-    """
-    zf = _check_z(z)
-    cosmo = _get_cosmology(cosmology)
-    return float(cosmo.arcsec_per_kpc_proper(zf).value)
-
-
-def observed_size(
-    z: float,
-    image_size: int,
-    pixel_scale_kpc: float,
-    pixel_scale_arcsec: float = HSC_PIXEL_SCALE,
-    cosmology: Any = "Planck15",
-) -> float:
-    """Observed size m(z, p) of the model field [obs px].
-
-    ``m = image_size * pixel_scale_kpc * arcsec_per_kpc(z) / pixel_scale_arcsec``:
-    the angular size of the model field (``image_size`` px of ``pixel_scale_kpc`` proper
-    kpc) at redshift ``z``, in observation pixels of ``pixel_scale_arcsec`` arcsec.
-    The paper's configuration (256 px, 0.4 kpc/px, p = 0.168 arcsec/px, Planck15) gives
-    m = 82.9 at z = 0.7, m = 80 at z = 0.769 (z = 0.744 with p = 0.17) and m = 77.5 at
-    z = 0.8463: an upsampling factor ``image_size / m`` above 3 where the paper reports
-    hallucinations ("m < 80 at z > 0.7" in the paper is a rounded statement). Beyond
-    z ~ 1.6 the angular size of a fixed proper length grows again, so m is not monotonic.
-
-    Raises
-    ------
-    ValueError
-        If ``z`` is not finite and > 0, a size or scale is not positive, or
-        ``m < MIN_OBSERVED_SIZE``.
-    """
-    zf = _check_z(z)
-    n = _check_size("image_size", image_size)
-    s_kpc = _check_positive("pixel_scale_kpc", pixel_scale_kpc, "kpc/px")
-    p = _check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
-    m = n * s_kpc * arcsec_per_kpc(zf, cosmology) / p
-    if m < MIN_OBSERVED_SIZE:
-        raise ValueError(
-            f"at z={zf:g} the model field ({n} px of {s_kpc:g} kpc) is only m={m:.3g} "
-            f"observation pixels of {p:g} arcsec wide; accepted: m >= MIN_OBSERVED_SIZE="
-            f"{MIN_OBSERVED_SIZE:g} obs px (lower z or a larger field)"
-        )
-    return float(m)
-
-
-# --------------------------------------------------------------------------------------
-# PSFs
-# --------------------------------------------------------------------------------------
-
-
-def validate_psf(psf: Any, name: str = "psf") -> np.ndarray:
-    """Check a PSF image and return it normalised to unit sum per band.
-
-    Parameters
-    ----------
-    psf : array-like, shape (k, k) or (C, k, k)
-        PSF image(s) on the observation pixel grid [relative flux per obs px]; ``k`` odd so
-        that the PSF centre is a pixel centre.
-    name : str
-        Name used in error messages.
-
-    Returns
-    -------
-    numpy.ndarray, float64, same shape, each band summing to 1.
-
-    Raises
-    ------
-    ValueError
-        Wrong number of dimensions, non-square or even size, non-finite values, or a band
-        whose sum is not clearly positive.
-    """
-    if isinstance(psf, torch.Tensor):
-        psf = psf.detach().cpu().numpy()
-    try:
-        arr = np.array(psf, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} is not a numeric array; accepted: a (k, k) or (C, k, k) array") from None
-    if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} has shape {arr.shape} ({arr.ndim}-D); accepted: (k, k) or (C, k, k)"
-        )
-    k_y, k_x = arr.shape[-2:]
-    if k_y != k_x or k_y % 2 == 0:
-        raise ValueError(
-            f"{name} has shape {arr.shape}; accepted: square with an odd side k "
-            f"(centre on a pixel)"
-        )
-    if arr.ndim == 3 and arr.shape[0] < 1:
-        raise ValueError(f"{name} has shape {arr.shape}; accepted: at least one band")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN/inf); accepted: finite values")
-    bands = arr.reshape(-1, k_y, k_x)
-    sums = bands.sum(axis=(1, 2))
-    abs_sums = np.abs(bands).sum(axis=(1, 2))
-    for c, (s, a) in enumerate(zip(sums, abs_sums)):
-        if not s > 1e-8 * max(a, 1e-300):
-            raise ValueError(
-                f"{name} band {c} sums to {s:.3g} (sum of |values| {a:.3g}); accepted: a "
-                f"clearly positive sum (it is normalised to 1)"
-            )
-    out = bands / sums[:, None, None]
-    return out.reshape(arr.shape)
-
-
-def gaussian_psf(fwhm_arcsec: float, size: int, pixel_scale_arcsec: float = HSC_PIXEL_SCALE) -> np.ndarray:
-    """Circular Gaussian PSF image, sampled at pixel centres and normalised to unit sum.
-
-    Sampling at pixel centres (no extra pixel-response integration) is the right effective
-    PSF here: the rebinned model image already holds pixel-integrated flux.
-
-    Parameters
-    ----------
-    fwhm_arcsec : float
-        Full width at half maximum [arcsec] (HSC: about 0.6-0.8).
-    size : int
-        Odd side of the PSF image [obs px].
-    pixel_scale_arcsec : float
-        Observation pixel scale [arcsec/px].
-
-    Returns
-    -------
-    numpy.ndarray, float64, shape (size, size).
-    """
-    fwhm = _check_positive("fwhm_arcsec", fwhm_arcsec, "arcsec")
-    p = _check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
-    k = _check_size("size", size)
-    if k % 2 == 0:
-        raise ValueError(f"invalid size={size!r}; accepted: an odd positive integer [px]")
-    sigma_px = fwhm / p / (2.0 * math.sqrt(2.0 * math.log(2.0)))  # FWHM = 2 sqrt(2 ln 2) sigma
-    r = np.arange(k) - (k - 1) / 2
-    g = np.exp(-0.5 * (r / sigma_px) ** 2)
-    img = np.outer(g, g)
-    return img / img.sum()
-
 
 # --------------------------------------------------------------------------------------
 # Resampling f_{z,p}
@@ -390,11 +183,11 @@ class ForwardModel(torch.nn.Module):
         super().__init__()
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"invalid dtype={dtype!r}; accepted: a floating torch dtype")
-        self.z = _check_z(z)
-        self.obs_size = _check_size("obs_size", obs_size)
-        self.image_size = _check_size("image_size", image_size)
-        self.pixel_scale_kpc = _check_positive("pixel_scale_kpc", pixel_scale_kpc, "kpc/px")
-        self.pixel_scale_arcsec = _check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
+        self.z = check_z(z)
+        self.obs_size = check_size("obs_size", obs_size)
+        self.image_size = check_size("image_size", image_size)
+        self.pixel_scale_kpc = check_positive("pixel_scale_kpc", pixel_scale_kpc, "kpc/px")
+        self.pixel_scale_arcsec = check_positive("pixel_scale_arcsec", pixel_scale_arcsec, "arcsec/px")
         self.m = observed_size(self.z, self.image_size, self.pixel_scale_kpc, self.pixel_scale_arcsec, cosmology)
         self.upsampling_factor = self.image_size / self.m
         # w: width of one model pixel [obs px]

@@ -1,5 +1,5 @@
 """Posterior statistics: pixel mean and variance, the display space, the variance ratio
-and centred-aperture summaries (FACTS section 1).
+and centred-aperture summaries.
 
 Base floor: numpy and torch only. Functions accept numpy arrays or torch tensors and
 return the same kind as their (first) input.
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
+
+from .arrays import like_input, to_tensor
 
 __all__ = [
     "DISPLAY_VAR_FLOOR",
@@ -28,16 +29,6 @@ a std of 1e-3, a quarter of one 8-bit display level (1/255), so pixels where the
 never varies (empty background) give a large finite ratio instead of a division by ~0."""
 
 
-def _to_torch(a) -> tuple[torch.Tensor, bool]:
-    if torch.is_tensor(a):
-        return a.detach(), True
-    return torch.as_tensor(np.asarray(a, dtype=np.float64)), False
-
-
-def _back(t: torch.Tensor, was_torch: bool):
-    return t if was_torch else t.cpu().numpy()
-
-
 def pixel_mean_var(samples):
     """Pixel-wise mean and unbiased variance (ddof = 1) over samples.
 
@@ -49,12 +40,12 @@ def pixel_mean_var(samples):
     -------
     (mean, var) each shaped ``samples.shape[1:]`` [units, units^2].
     """
-    s, was = _to_torch(samples)
+    s, was = to_tensor(samples)
     if s.ndim < 2 or s.shape[0] < 2:
         raise ValueError(f"samples of shape {tuple(s.shape)}: expected (n, ...) with n >= 2")
     if not torch.isfinite(s).all():
         raise ValueError("samples contain non-finite values (drop diverged samples first)")
-    return _back(s.mean(0), was), _back(s.var(0, unbiased=True), was)
+    return like_input(s.mean(0), was), like_input(s.var(0, unbiased=True), was)
 
 
 def display_space(flux_or_x, space: str = "prior", asinh_a: float = 0.01, flux_norm: float | None = None):
@@ -67,9 +58,9 @@ def display_space(flux_or_x, space: str = "prior", asinh_a: float = 0.01, flux_n
     ``flux_norm`` [normalised flux], as the prior's normalisation does; otherwise ``f`` must
     already be normalised flux. ``asinh_a``: softening [normalised flux] (paper: 0.01).
     """
-    x, was = _to_torch(flux_or_x)
+    x, was = to_tensor(flux_or_x)
     if space == "prior":
-        return _back((x + 1.0) / 2.0, was)
+        return like_input((x + 1.0) / 2.0, was)
     if space != "flux":
         raise ValueError(f"space={space!r}: expected 'prior' or 'flux'")
     if not asinh_a > 0:
@@ -82,7 +73,7 @@ def display_space(flux_or_x, space: str = "prior", asinh_a: float = 0.01, flux_n
         if torch.any(total <= 0):
             raise ValueError("an image has non-positive total flux: cannot normalise it")
         f = x * flux_norm / total
-    return _back(torch.asinh(f / asinh_a) / math.asinh(1.0 / asinh_a), was)
+    return like_input(torch.asinh(f / asinh_a) / math.asinh(1.0 / asinh_a), was)
 
 
 def variance_ratio(post_samples, prior_samples, space: str = "prior", floor: float = DISPLAY_VAR_FLOOR,
@@ -104,8 +95,8 @@ def variance_ratio(post_samples, prior_samples, space: str = "prior", floor: flo
     -------
     (H, W) map [dimensionless].
     """
-    p, was = _to_torch(post_samples)
-    q, _ = _to_torch(prior_samples)
+    p, was = to_tensor(post_samples)
+    q, _ = to_tensor(prior_samples)
     if p.ndim != 4 or q.ndim != 4 or p.shape[1:] != q.shape[1:]:
         raise ValueError(
             f"post_samples {tuple(p.shape)} and prior_samples {tuple(q.shape)}: expected (n, C, H, W) with equal (C, H, W)"
@@ -115,7 +106,7 @@ def variance_ratio(post_samples, prior_samples, space: str = "prior", floor: flo
     _, v_post = pixel_mean_var(display_space(p, space, **display_kwargs))
     _, v_prior = pixel_mean_var(display_space(q, space, **display_kwargs))
     ratio = (v_post / v_prior.clamp_min(floor)).mean(0)
-    return _back(ratio, was)
+    return like_input(ratio, was)
 
 
 def aperture_mask(shape: tuple[int, int], radius_px: float, center: tuple[float, float] | None = None) -> torch.Tensor:
@@ -136,12 +127,12 @@ def aperture_mean(map_, radius_px: float, center: tuple[float, float] | None = N
     """Mean of ``map_`` (..., H, W) inside a circular aperture of radius ``radius_px`` [px]
     centred on the image (or ``center`` = (row, col) [px]). Returns shape ``map_.shape[:-2]``
     (a float for a 2-D map) in the units of ``map_``. Paper: the variance ratio at r = 30 px."""
-    m, was = _to_torch(map_)
+    m, was = to_tensor(map_)
     if m.ndim < 2:
         raise ValueError(f"map of shape {tuple(m.shape)}: expected (..., H, W)")
     mask = aperture_mask(tuple(m.shape[-2:]), radius_px, center).to(m.device)
     out = m[..., mask].mean(-1)
-    return float(out) if m.ndim == 2 else _back(out, was)
+    return float(out) if m.ndim == 2 else like_input(out, was)
 
 
 def aperture_snr(image, sigma, radius_px: float, center: tuple[float, float] | None = None):
@@ -152,14 +143,14 @@ def aperture_snr(image, sigma, radius_px: float, center: tuple[float, float] | N
     a scalar or one per band (C,). Returns a float, or (C,) for a multi-band image.
     """
     mean = aperture_mean(image, radius_px, center)
-    s, _ = _to_torch(sigma)
+    s, _ = to_tensor(sigma)
     if not torch.all(s > 0):
         raise ValueError(f"sigma={sigma!r}: expected positive noise std(s)")
     if isinstance(mean, float):
         if s.numel() != 1:
             raise ValueError("a single-band image needs a scalar sigma")
         return mean / float(s)
-    m, was = _to_torch(mean)
+    m, was = to_tensor(mean)
     if s.numel() not in (1, m.shape[-1]):
         raise ValueError(f"sigma has {s.numel()} entries: expected 1 or one per band ({m.shape[-1]})")
-    return _back(m / s.to(m.dtype), was)
+    return like_input(m / s.to(m.dtype), was)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .errors import DivergenceError
+
 __all__ = [
     "SamplerDivergenceError",
     "timesteps",
@@ -41,26 +43,8 @@ __all__ = [
 Generator = torch.Generator | Sequence[torch.Generator]
 
 
-class SamplerDivergenceError(FloatingPointError):
-    """A sampler produced non-finite (or exploding) samples.
-
-    Attributes
-    ----------
-    step : int
-        Index of the sampling step (0 = first, noisiest) at which it was detected.
-    t : int
-        Diffusion time index of that step.
-    n_bad : int
-        Number of samples of the batch that diverged.
-    """
-
-    def __init__(self, step: int, t: int, n_bad: int, n: int, sampler: str):
-        self.step, self.t, self.n_bad, self.n = step, t, n_bad, n
-        super().__init__(
-            f"{sampler}: {n_bad} of {n} samples became non-finite or exceeded the divergence "
-            f"threshold at step {step} (diffusion time t={t}). Lower the guidance scale "
-            f"(zeta) or use on_divergence='mask' to keep the finite samples."
-        )
+SamplerDivergenceError = DivergenceError
+"""Alias of :class:`diffdecon.errors.DivergenceError` (the name used before the error family)."""
 
 
 # --------------------------------------------------------------------------- helpers

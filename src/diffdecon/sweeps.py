@@ -1,4 +1,6 @@
-"""The magnitude sweep (the paper's Table 2 and Appendix C): signal-to-noise against the
+"""The sweeps over one idealized galaxy: magnitude (signal-to-noise) and redshift (resolution).
+
+**Magnitude sweep** (the paper's Table 2 and Appendix C): signal-to-noise against the
 posterior's variance ratio.
 
 One idealized galaxy is set to total magnitudes 18..23, observed through a Gaussian PSF with
@@ -19,10 +21,16 @@ Choices, stated once:
   divided by that band's sigma_y, then averaged over bands. The absolute values differ from
   the published ones (other galaxy, other pixel grids, other flux units); the 0.4 dex per
   magnitude scaling is the same.
+
+**Redshift sweep** (:func:`redshift_sweep`): the same galaxy moved from z = 0.1 to 1.0,
+recording how the posterior's variance ratio grows with the upsampling factor
+``image_size / m(z, p)``; :func:`upsampling_crossing` gives the redshift at which that
+factor reaches a threshold.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -30,7 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Profile, get_profile
+from . import physics, reference_samples
+from .arrays import to_numpy
+from .config import HSC_PIXEL_SCALE, Profile, get_profile
+from .deconvolution import deconvolve
+from .errors import DivergenceError, InputValueError
+from .problem import from_mock
+from .units import mag_to_flux
 
 __all__ = [
     "MAGNITUDES",
@@ -43,6 +57,10 @@ __all__ = [
     "magnitude_sweep",
     "galaxy_sweeps",
     "sweep_rows",
+    "mock_problem",
+    "SweepResult",
+    "redshift_sweep",
+    "upsampling_crossing",
 ]
 
 MAGNITUDES: tuple[float, ...] = (18.0, 19.0, 20.0, 21.0, 22.0, 23.0)
@@ -58,10 +76,6 @@ PSF_FWHM_ARCSEC: float = 0.7
 """FWHM of the sweep's Gaussian PSF [arcsec]: the middle of the HSC UltraDeep seeing
 (0.6-0.8 arcsec)."""
 
-ZERO_POINT: float = 27.0
-"""HSC coadd zero point [AB mag]: ``mag = 27 - 2.5 log10 F``."""
-
-
 def set_magnitude(flux, mag: float, band: int = 2) -> np.ndarray:
     """Scale an idealized image so that band ``band`` (default 2 = i) has total magnitude
     ``mag`` [AB], keeping the colours.
@@ -75,7 +89,7 @@ def set_magnitude(flux, mag: float, band: int = 2) -> np.ndarray:
     -------
     ndarray (C, H, W) float64 [HSC coadd flux per model px].
     """
-    f = np.asarray(flux.detach().cpu() if torch.is_tensor(flux) else flux, dtype=np.float64)
+    f = to_numpy(flux)
     if f.ndim != 3 or not 0 <= band < f.shape[0]:
         raise ValueError(f"flux has shape {f.shape}, band={band}; accepted: (C, H, W) with 0 <= band < C")
     if not np.isfinite(mag):
@@ -83,7 +97,7 @@ def set_magnitude(flux, mag: float, band: int = 2) -> np.ndarray:
     total = float(f[band].sum())
     if not total > 0:
         raise ValueError(f"band {band} has total flux {total:.4g}; accepted: > 0")
-    return f * (10.0 ** (-0.4 * (float(mag) - ZERO_POINT)) / total)
+    return f * (float(mag_to_flux(mag)) / total)
 
 
 def observed_snr(noiseless_obs, sigma, radius_obs_px: float, center_xy: tuple[float, float]) -> float:
@@ -150,7 +164,7 @@ def magnitude_sweep(flux, prior, sigma, *, mags: Sequence[float] = MAGNITUDES, z
     sigma : scalar or (C,) noise sigma [HSC coadd flux per obs px] (``mock.hsc_reference().sigma``).
     mags : magnitudes [AB]; z : redshift (default: the paper's first target, 0.21677).
     psf_fwhm_arcsec : FWHM of the Gaussian PSF [arcsec].
-    sampler, n, steps, sampler_kwargs : passed to :func:`diffdecon.targets.deconvolve`.
+    sampler, n, steps, sampler_kwargs : passed to :func:`diffdecon.deconvolution.deconvolve`.
     seed : int
         The noise of magnitude ``k`` is drawn with seed ``seed + k``, its posterior with
         ``seed + 1000 + k``: the same noise pattern (scaled) and the same sampler noise at
@@ -161,7 +175,7 @@ def magnitude_sweep(flux, prior, sigma, *, mags: Sequence[float] = MAGNITUDES, z
     -------
     MagnitudeSweep
     """
-    from . import mock, targets
+    from . import mock
 
     P = get_profile(prior.profile)
     mags = [float(m) for m in mags]
@@ -169,15 +183,14 @@ def magnitude_sweep(flux, prior, sigma, *, mags: Sequence[float] = MAGNITUDES, z
         raise ValueError("mags is empty; accepted: at least one magnitude")
     ref = mock.gaussian_reference(psf_fwhm_arcsec, sigma)
     if prior_samples is None:
-        prior_samples = targets.cached_prior_samples(prior, progress=progress)
+        prior_samples = reference_samples.prior_samples(prior, progress=progress)
     rows = []
     wall = 0.0
     for k, mag in enumerate(tqdm(mags, desc="magnitude sweep", disable=not progress, leave=False)):
         f = set_magnitude(flux, mag)
-        mk = mock.make_mock(f, z, P, ref, torch.Generator().manual_seed(seed + k))
-        prob = targets.from_mock(mk, prior)
-        res = targets.deconvolve(prob, prior, sampler=sampler, n=n, steps=steps, generator=seed + 1000 + k,
-                                 prior_samples=prior_samples, progress=False, **sampler_kwargs)
+        mk, prob = mock_problem(f, z, P, ref, seed + k)
+        res = deconvolve(prob, prior, sampler=sampler, n=n, steps=steps, generator=seed + 1000 + k,
+                         prior_samples=prior_samples, progress=False, **sampler_kwargs)
         wall += res.wall_time_s
         with torch.no_grad():
             clean = mk.operator.A(mk.truth[None])[0]
@@ -217,3 +230,162 @@ def sweep_rows(sweeps: Sequence[MagnitudeSweep]) -> dict[str, np.ndarray]:
     ddof = 1 if len(sweeps) > 1 else 0
     return {"mags": mags, "snr_mean": snr.mean(0), "snr_std": snr.std(0, ddof=ddof), "vr_mean": vr.mean(0),
             "vr_std": vr.std(0, ddof=ddof), "chi2_mean": chi2.mean(0), "n_galaxies": len(sweeps)}
+
+
+def mock_problem(flux, z: float, profile: Profile | str, reference, noise_seed: int):
+    """``(mock, problem)``: ``flux`` (C, H, W) [flux per model px] observed at ``z`` through
+    ``reference`` (:func:`diffdecon.mock.make_mock`, noise from a generator seeded with
+    ``noise_seed``) and its :class:`~diffdecon.problem.InverseProblem`."""
+    from . import mock
+
+    mk = mock.make_mock(flux, z, profile, reference, torch.Generator().manual_seed(int(noise_seed)))
+    return mk, from_mock(mk, profile)
+
+
+# --------------------------------------------------------------------------- redshift sweep
+
+
+@dataclass
+class SweepResult:
+    """Arrays over the swept redshifts: ``z``, ``m`` = m(z, p) [obs px], ``upsampling_factor``
+    (image_size / m), ``variance_ratio_aperture``, ``chi2`` (n_z, C) reduced chi^2 of the
+    posterior mean, ``flux_scale`` s [flux units]; ``dimming`` as passed; ``results`` the
+    :class:`PosteriorResult` of each z."""
+
+    z: np.ndarray
+    m: np.ndarray
+    upsampling_factor: np.ndarray
+    variance_ratio_aperture: np.ndarray
+    chi2: np.ndarray
+    flux_scale: np.ndarray
+    dimming: bool
+    results: list = field(default_factory=list)
+
+
+def redshift_sweep(
+    flux,
+    zs: Sequence[float],
+    profile: Profile | str,
+    prior,
+    reference,
+    *,
+    dimming: bool = False,
+    z_ref: float | None = None,
+    sampler: str = "mmps",
+    n: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    prior_samples: torch.Tensor | None = None,
+    progress: bool = True,
+    on_divergence: str = "raise",
+    **sampler_kwargs: Any,
+) -> SweepResult:
+    """The same idealized galaxy observed at each redshift in ``zs`` (e.g. 0.1 to 1.0).
+
+    Parameters
+    ----------
+    flux : array (C, H, W)
+        Idealized image [HSC coadd flux per model px] as observed at ``z_ref``.
+    zs : sequence of float
+        Redshifts.
+    reference : mock.HSCReference
+        PSFs and noise of the mock observations.
+    dimming : bool
+        False (default): the apparent magnitude is held fixed, so only the angular size
+        (hence m(z, p) and the upsampling factor) changes and the signal-to-noise stays the
+        same: the sweep isolates resolution. True: the flux is dimmed with distance as
+        ``(D_L(z_ref) / D_L(z))^2`` (Planck15; no k-correction, no surface-brightness
+        evolution), so the galaxy also fades.
+    z_ref : float
+        Redshift at which ``flux`` is the apparent flux (default ``min(zs)``); used only with ``dimming``.
+    sampler, n, steps, sampler_kwargs : see :func:`diffdecon.deconvolution.deconvolve`.
+    seed : int
+        Seeds the noise of mock i with ``seed + i`` and its posterior with ``seed + 1000 + i``.
+    on_divergence : {"raise", "nan"}
+        What a diverged sampler (:class:`diffdecon.errors.DivergenceError`) does: ``"raise"`` (default) re-raises; ``"nan"`` prints it, records NaN variance
+        ratio and chi^2 at that z (``results`` holds None there) and goes on.
+
+    Returns
+    -------
+    SweepResult
+    """
+    P = get_profile(profile)
+    if on_divergence not in ("raise", "nan"):
+        raise InputValueError("on_divergence", on_divergence, "'raise' or 'nan'")
+    zs = [float(z) for z in zs]
+    if not zs:
+        raise ValueError("zs is empty; accepted: at least one redshift > 0")
+    base = to_numpy(flux)
+    z_ref = min(zs) if z_ref is None else float(z_ref)
+    if prior_samples is None:
+        prior_samples = reference_samples.prior_samples(prior, progress=progress)
+    rows, results = [], []
+    for i, z in enumerate(tqdm(zs, desc="redshift sweep", disable=not progress)):
+        f = base * (_dimming(z_ref, z) if dimming else 1.0)
+        mk, prob = mock_problem(f, z, P, reference, seed + i)
+        try:
+            res = deconvolve(prob, prior, sampler=sampler, n=n, steps=steps, generator=seed + 1000 + i,
+                             prior_samples=prior_samples, progress=progress, **sampler_kwargs)
+        except DivergenceError as err:
+            if on_divergence == "raise":
+                raise
+            print(f"[diffdecon] redshift sweep z = {z:g}: {sampler} DIVERGED ({err}); recorded as NaN")
+            rows.append((z, prob.m, prob.upsampling_factor, float("nan"), np.full(len(P.bands), np.nan), prob.scale))
+            results.append(None)
+            continue
+        rows.append((z, prob.m, prob.upsampling_factor, res.variance_ratio_aperture, res.chi2, prob.scale))
+        results.append(res)
+    z_, m_, u_, v_, c_, s_ = zip(*rows)
+    return SweepResult(z=np.array(z_), m=np.array(m_), upsampling_factor=np.array(u_),
+                       variance_ratio_aperture=np.array(v_), chi2=np.stack(c_), flux_scale=np.array(s_),
+                       dimming=dimming, results=results)
+
+
+def _dimming(z_ref: float, z: float) -> float:
+    """Flux factor ``(D_L(z_ref) / D_L(z))^2`` (Planck15) of a galaxy moved from z_ref to z."""
+    from astropy.cosmology import Planck15
+
+    return (Planck15.luminosity_distance(z_ref).value / Planck15.luminosity_distance(z).value) ** 2
+
+
+def upsampling_crossing(profile: Profile | str, factor: float = 2.0, pixel_scale_arcsec: float = HSC_PIXEL_SCALE,
+                        z_max: float = 1.5) -> float | None:
+    """Redshift at which the upsampling factor ``image_size / m(z, p)`` reaches ``factor``.
+
+    m(z, p) (:func:`diffdecon.physics.observed_size`) falls with z up
+    to z ~ 1.6, so the factor rises monotonically on (0, ``z_max``] for ``z_max`` <= 1.5;
+    the crossing is found by bisection (``scipy.optimize.bisect``, xtol 1e-6). Returns None
+    when the factor stays below ``factor`` up to ``z_max`` (e.g. the coarse smoke grid) or
+    is already above it at z = 0.01.
+
+    Parameters
+    ----------
+    profile : Profile or str
+    factor : float
+        Upsampling factor (> 0; the paper's hallucination threshold is about 2).
+    pixel_scale_arcsec : float
+        Observation pixel scale p [arcsec/px].
+    z_max : float
+        Upper end of the search (0.01 < z_max <= 1.5).
+    """
+    from scipy.optimize import bisect
+
+    P = get_profile(profile)
+    if not (isinstance(factor, (int, float)) and factor > 0):
+        raise InputValueError("factor", factor, "an upsampling factor > 0")
+    if not 0.01 < z_max <= 1.5:
+        raise InputValueError("z_max", z_max, "0.01 < z_max <= 1.5 (m(z, p) is monotonic there)")
+    if not pixel_scale_arcsec > 0:
+        raise InputValueError("pixel_scale_arcsec", pixel_scale_arcsec, "> 0 [arcsec/px]")
+
+    def excess(z: float) -> float:  # image_size / m(z, p) - factor
+        try:
+            m = physics.observed_size(z, P.image_size, P.pixel_scale_kpc, pixel_scale_arcsec)
+        except ValueError:  # m below MIN_OBSERVED_SIZE: the factor is larger still
+            return math.inf
+        return P.image_size / m - factor
+
+    lo, hi = 0.01, float(z_max)
+    if excess(lo) >= 0 or excess(hi) < 0:
+        return None
+    return float(bisect(excess, lo, hi, xtol=1e-6))

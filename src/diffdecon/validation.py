@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from . import baselines, calibration, metrics, samplers
 from .config import Profile, get_profile
+from .errors import DivergenceError
 
 __all__ = [
     "PAPER_LOW_Z",
@@ -57,8 +58,8 @@ METHODS: tuple[str, ...] = ("mmps", "dps", "richardson_lucy", "wiener")
 
 DPS_ZETA_LADDER: tuple[float, ...] = (1.0, 0.1, 0.01, 1e-3, 1e-4)
 """DPS guidance scales tried in turn (``paper`` convention, per-sample whitened residual):
-the published zeta = 1 first; when DPS diverges on a mock (:class:`samplers.SamplerDivergenceError`
-or :class:`targets.DeconvolutionError`) the next smaller one, and later mocks start from the
+the published zeta = 1 first; when DPS diverges on a mock (:class:`errors.DivergenceError`)
+the next smaller one, and later mocks start from the
 last scale that worked. Which one was used is recorded per mock and quoted in the table.
 Why zeta = 1 diverges here: the residual is whitened by sigma_y in flux units (sigma_y ~ 0.01),
 not taken in the stretched image space of the published code, so the gradient of ||r|| is
@@ -240,11 +241,11 @@ class MockValidation:
 
     Attributes
     ----------
-    problems : list of targets.InverseProblem (one per mock; ``truth`` set).
+    problems : list of problem.InverseProblem (one per mock; ``truth`` set).
     estimates : {method: Tensor (n_mock, C, H, W)} point estimates [flux per model px]
         (posterior mean for the samplers).
     scores : {method: {metric: ndarray (n_mock,)}} from :func:`score_estimate`.
-    posteriors : {sampler: list of targets.PosteriorResult}, ``None`` where the sampler
+    posteriors : {sampler: list of deconvolution.PosteriorResult}, ``None`` where the sampler
         diverged (DPS at every scale of :data:`DPS_ZETA_LADDER`; estimate and scores NaN).
     settings : SamplerSettings
     wall_time_s : {method: float} total time spent per method [s].
@@ -283,7 +284,9 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
     """
     import time
 
-    from . import targets
+    from . import reference_samples
+    from .deconvolution import deconvolve
+    from .problem import from_mock
 
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -292,9 +295,9 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
         raise ValueError("mocks is empty; accepted: at least one mock observation")
     P = prior.profile
     settings = sampler_settings(P) if settings is None else settings
-    problems = [targets.from_mock(mk, prior) for mk in mocks]
+    problems = [from_mock(mk, prior) for mk in mocks]
     if prior_samples is None and any(m in ("mmps", "dps") for m in methods):
-        prior_samples = targets.cached_prior_samples(prior, progress=progress)
+        prior_samples = reference_samples.prior_samples(prior, progress=progress)
     est = {m: [] for m in methods}
     post = {m: [] for m in methods if m in ("mmps", "dps")}
     wall = {m: 0.0 for m in methods}
@@ -304,7 +307,7 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
         for m in methods:
             t0 = time.perf_counter()
             if m == "mmps":
-                r = targets.deconvolve(prob, prior, "mmps", n=settings.n, steps=settings.mmps_steps,
+                r = deconvolve(prob, prior, "mmps", n=settings.n, steps=settings.mmps_steps,
                                        generator=seed + 1000 * METHODS.index(m) + i, prior_samples=prior_samples,
                                        progress=False, cg_iters=settings.cg_iters)
             elif m == "dps":
@@ -312,12 +315,12 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
                 ladder = [z for z in DPS_ZETA_LADDER if z <= min([settings.dps_zeta] + dps_zeta)]
                 for zeta in ladder or [settings.dps_zeta]:
                     try:
-                        r = targets.deconvolve(prob, prior, "dps", n=settings.n, steps=settings.dps_steps,
+                        r = deconvolve(prob, prior, "dps", n=settings.n, steps=settings.dps_steps,
                                                generator=seed + 1000 * METHODS.index(m) + i,
                                                prior_samples=prior_samples, progress=False, convention="paper",
                                                zeta=zeta)
                         break
-                    except (samplers.SamplerDivergenceError, getattr(targets, "DeconvolutionError", ())) as err:
+                    except DivergenceError as err:
                         print(f"[diffdecon] {prob.name} #{i}: DPS with zeta={zeta} diverged ({err}); "
                               "retrying with a smaller zeta")
                 if r is None:
@@ -380,7 +383,7 @@ def calibration_summary(results: Sequence, levels: Sequence[float] = (0.68, 0.95
 
     Parameters
     ----------
-    results : sequence of targets.PosteriorResult (mocks with ``problem.truth``), each with
+    results : sequence of deconvolution.PosteriorResult (mocks with ``problem.truth``), each with
         the same number of samples.
 
     Returns
@@ -399,7 +402,7 @@ def calibration_summary(results: Sequence, levels: Sequence[float] = (0.68, 0.95
     if len(ns) != 1:
         raise ValueError(f"posteriors have different sample counts {sorted(ns)}; accepted: equal counts")
     if any(r.problem.truth is None for r in results):
-        raise ValueError("a posterior's problem has no truth; accepted: mock problems (targets.from_mock)")
+        raise ValueError("a posterior's problem has no truth; accepted: mock problems (problem.from_mock)")
     S = torch.stack([r.flux_samples.double() / r.problem.scale for r in results], 1)  # (n, sims, C, H, W)
     T = torch.stack([r.problem.truth.double() / r.problem.scale for r in results])  # (sims, C, H, W)
     # one credibility bin per mock: the ECP curve is then the empirical CDF of TARP's f statistic

@@ -12,14 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import paths
+from ..arrays import to_numpy
 from ..cache import atomic_path
-
-
-def to_numpy(x) -> np.ndarray:
-    """A float64 numpy copy of a numpy array or torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def rgb(image, stretch: float = 0.5, q: float = 8.0, minimum: float = 0.0) -> np.ndarray:
@@ -350,7 +344,7 @@ def redshift_sweep_figure(z, m, upsampling, vr_aperture, *, profile: str, source
     """The redshift sweep: m(z, p) [HSC px], the upsampling factor ``image_size / m`` and the
     aperture variance ratio (dimensionless) against z, for one synthetic galaxy. A horizontal
     line marks the upsampling factor ``factor`` and, when given, a vertical line the
-    redshift ``z_cross`` where it is reached (from :func:`diffdecon.targets.upsampling_crossing`).
+    redshift ``z_cross`` where it is reached (from :func:`diffdecon.sweeps.upsampling_crossing`).
     NaN variance ratios (diverged samplers) are drawn as red crosses on the axis.
     """
     z, m, up, vr = (to_numpy(a) for a in (z, m, upsampling, vr_aperture))

@@ -1,0 +1,87 @@
+"""Unconditional prior samples, drawn once and cached: the reference of every variance
+ratio (posterior / prior variance) and the model side of the FID.
+
+One function, :func:`prior_samples`, keyed by what determines the samples: the profile, the
+checkpoint's SHA-256, the method, the number of samples, the steps, the seed and the range
+to which Tweedie's x0 is clipped (none by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cache, paths
+from .errors import InputValueError
+
+__all__ = ["METHODS", "prior_samples"]
+
+METHODS: tuple[str, ...] = ("ddim", "ddpm")
+"""``ddim``: deterministic DDIM (eta = 0) from Gaussian x_T; ``ddpm``: ancestral sampling."""
+
+
+def _cache_path(profile: str, sha: str, method: str, steps: int, n: int, seed: int, x0_clip) -> Path:
+    clip = "" if x0_clip is None else f"-clip{x0_clip[0]:g}_{x0_clip[1]:g}"
+    return paths.cache_dir() / "prior_samples" / f"{profile}-{sha[:16]}-{method}{steps}-n{n}-s{seed}{clip}.npy"
+
+
+def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: int | None = None,
+                  method: str = "ddim", x0_clip: tuple[float, float] | None = None, force: bool = False,
+                  progress: bool = True) -> torch.Tensor:
+    """``n`` unconditional samples of ``prior`` in prior space, ``(n, C, H, W)`` float32, cached.
+
+    Parameters
+    ----------
+    prior : diffusion prior (``diffdecon.prior.DiffusionPrior``); its ``profile`` gives the
+        defaults and its ``checkpoint_sha256`` keys the cache.
+    n : int
+        Number of samples (default ``profile.n_prior``).
+    steps : int
+        Sampling steps (default ``profile.sampling_steps``).
+    seed : int
+        Seed of the generator the samples are drawn from (default ``profile.seed``).
+    method : {"ddim", "ddpm"}
+        DDIM with eta = 0 (default) or ancestral DDPM.
+    x0_clip : (lo, hi) or None
+        Clamp of Tweedie's x0 at each step [prior space]; None (default) leaves it free.
+    force : bool
+        Draw again even when a cached product with the same inputs exists.
+
+    Cached as ``paths.cache_dir()/prior_samples/<profile>-<sha[:16]>-<method><steps>-n<n>-s<seed>[-clip<lo>_<hi>].npy``
+    with a manifest of the inputs. A prior without a checkpoint hash (untrained or built in
+    memory) is sampled without caching.
+    """
+    from . import samplers
+
+    P = prior.profile
+    n = P.n_prior if n is None else int(n)
+    steps = P.sampling_steps if steps is None else int(steps)
+    seed = P.seed if seed is None else int(seed)
+    if method not in METHODS:
+        raise InputValueError("method", method, " or ".join(repr(m) for m in METHODS))
+    if n < 1 or steps < 1:
+        raise InputValueError("(n, steps)", (n, steps), "positive integers")
+    clip = None if x0_clip is None else (float(x0_clip[0]), float(x0_clip[1]))
+
+    def draw() -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        sample = samplers.ddim_sample if method == "ddim" else samplers.ddpm_sample
+        with torch.no_grad():
+            return sample(prior, n, g, steps=steps, x0_clip=clip, progress=progress).detach().cpu().float()
+
+    sha = getattr(prior, "checkpoint_sha256", None)
+    if not sha:
+        print("[diffdecon] prior has no checkpoint hash: prior samples drawn, not cached")
+        return draw()
+    inputs = {"profile": P.name, "checkpoint_sha256": sha, "method": method, "n": n, "steps": steps, "seed": seed}
+    if clip is not None:
+        inputs["x0_clip"] = list(clip)
+    path = _cache_path(P.name, sha, method, steps, n, seed, clip)
+
+    def build(tmp: Path) -> None:
+        np.save(tmp, draw().numpy())
+
+    cache.cached(path, inputs, build, force=force, what="prior samples")
+    return torch.from_numpy(np.load(path))
