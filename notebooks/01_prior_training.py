@@ -165,7 +165,7 @@ for dim in (2, 3):
     embs = umap_check.umap_embedding(
         [ev.train_features, ev.sample_features[steps[0]], ev.sample_features[steps[-1]]],
         n_components=dim, seed=P.seed)
-    fig = umap_check.umap_figure(
+    fig = plotting.umap_figure(
         embs[0], {f"step {steps[0]}": embs[1], f"step {steps[-1]}": embs[2]},
         title=f"UMAP ({dim}D) of {fid.FEATURE_LABEL}: training (grey) vs samples, profile {P.name}")
     plotting.mark_synthetic(fig)

@@ -37,7 +37,7 @@ profile = "quick"
 
 # %%
 
-from diffdecon import config, data, manuscript, plotting, targets, training
+from diffdecon import config, manuscript, plotting, reference_samples, targets, training
 from diffdecon.prior import load_prior
 
 P = config.notebook_profile(profile)
@@ -50,15 +50,9 @@ Z_SPLIT = 0.5  # low-redshift targets (this notebook) have z < Z_SPLIT; the othe
 # catalogue redshift; targets listed in the committed checksums but absent are named.
 
 # %%
-names = targets.present_targets()
-loaded = [data.load_target(name) for name in names]
-low_z = [t for t in loaded if t.z < Z_SPLIT]
-missing = data.missing_targets() if names else []
-print(f"low-redshift targets (z < {Z_SPLIT}): {[(t.name, round(t.z, 4)) for t in low_z] or 'none'}")
-print(f"absent (redshift unknown without their catalogue, not run): {missing or 'none'}")
-
+low_z, missing = targets.targets_between(z_max=Z_SPLIT)
 prior = load_prior(P, training.prior_directory(P))
-prior_samples = targets.cached_prior_samples(prior, progress=False)
+prior_samples = reference_samples.prior_samples(prior, progress=False)
 print(f"prior {P.name}: {P.image_size} px at {P.pixel_scale_kpc} kpc/px; {len(prior_samples)} prior samples; "
       f"MMPS, {P.n_posterior} samples, {P.sampling_steps} steps")
 
@@ -70,42 +64,25 @@ print(f"prior {P.name}: {P.image_size} px at {P.pixel_scale_kpc} kpc/px; {len(pr
 # is reported for that target and in the table, not hidden.
 
 # %%
-analyses = []
-for t in low_z:
-    a = targets.analyse_target(t, prior, sampler="mmps", n=P.n_posterior, steps=P.sampling_steps,
-                               prior_samples=prior_samples, progress=False)
-    analyses.append(a)
-    status = (f"chi2 g/r/i = {', '.join(f'{c:.2f}' for c in a.result.chi2)}, "
-              f"variance ratio {a.result.variance_ratio_aperture:.3f}") if a.result is not None else a.error
-    hst = "no HST" if a.hst is None else (f"HST corr {a.agreement.correlation:.3f}" if a.agreement else "HST")
-    print(f"{a.name}: m(z,p) = {a.m:.1f} px, upsampling {a.upsampling_factor:.2f}; {status}; {hst}; "
-          f"{a.wall_time_s:.1f} s")
+analyses = targets.analyse_targets(low_z, prior, sampler="mmps", n=P.n_posterior, steps=P.sampling_steps,
+                                   prior_samples=prior_samples, progress=False)
 
 # %% [markdown]
 # ## Figures 4-7
 
 # %%
-fig = plotting.hsc_target_figure([a.figure_row() for a in analyses], P.name,
+_ = plotting.save_target_figures(analyses, P.name, "hsc_hst_comparison",
                                  title=f"HSC targets with z < {Z_SPLIT}: deconvolution and HST")
-_ = plotting.save_figure(fig, "hsc_hst_comparison")
-for a in analyses:
-    _ = plotting.save_figure(plotting.hsc_target_figure([a.figure_row()], P.name, title=f"HSC {a.name}"),
-                             f"hsc_target_{a.name}")
 
 # %% [markdown]
 # ## Table
 
 # %%
-header = ["target", "$z$", "$i$ [mag]", "$m(z,p)$ [px]", "upsampling", r"$\chi^2_g$", r"$\chi^2_r$",
-          r"$\chi^2_i$", "variance ratio", "HST corr.", "wall [s]"]
-rows = targets.analysis_table_rows(analyses)
 caption = (f"Real HSC targets with $z < {Z_SPLIT}$ (profile {P.name}; MMPS, {P.n_posterior} samples, "
            f"{P.sampling_steps} steps): reduced $\\chi^2$ of $A(\\bar x)$ against $y$ per band, variance ratio "
            f"in an aperture of {P.aperture_radius_px:g} model px, correlation of the posterior mean with HST "
            "F814W on the HSC grid.")
-note = "Absent, not run: " + manuscript.latex_escape(", ".join(missing)) + "." if missing else None
-_ = manuscript.write_table("hst_comparison", manuscript.latex_table(
-    header, rows or [["no target present"] + [""] * (len(header) - 1)], caption=caption, label="tab:hst", note=note))
+rows = manuscript.write_targets_table("hst_comparison", analyses, caption, "tab:hst", missing)
 for r in rows:
     print(" | ".join(r))
 

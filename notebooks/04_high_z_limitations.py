@@ -30,7 +30,7 @@ profile = "quick"
 # %%
 import numpy as np
 
-from diffdecon import config, data, galaxies, manuscript, mock, plotting, targets, training
+from diffdecon import config, galaxies, manuscript, mock, plotting, reference_samples, sweeps, targets, training
 from diffdecon.prior import load_prior
 
 P = config.notebook_profile(profile)
@@ -40,15 +40,9 @@ Z_SPLIT = 0.5  # high-redshift targets (this notebook) have z > Z_SPLIT; the oth
 # ## Targets and prior
 
 # %%
-names = targets.present_targets()
-loaded = [data.load_target(name) for name in names]
-high_z = [t for t in loaded if t.z > Z_SPLIT]
-missing = data.missing_targets() if names else []
-print(f"high-redshift targets (z > {Z_SPLIT}): {[(t.name, round(t.z, 4)) for t in high_z] or 'none'}")
-print(f"absent (redshift unknown without their catalogue, not run): {missing or 'none'}")
-
+high_z, missing = targets.targets_between(z_min=Z_SPLIT)
 prior = load_prior(P, training.prior_directory(P))
-prior_samples = targets.cached_prior_samples(prior, progress=False)
+prior_samples = reference_samples.prior_samples(prior, progress=False)
 print(f"prior {P.name}: {P.image_size} px at {P.pixel_scale_kpc} kpc/px; MMPS, {P.n_posterior} samples, "
       f"{P.sampling_steps} steps")
 
@@ -58,37 +52,17 @@ print(f"prior {P.name}: {P.image_size} px at {P.pixel_scale_kpc} kpc/px; MMPS, {
 # A diverged sampler is reported for its target and in the table.
 
 # %%
-analyses = []
-for t in high_z:
-    a = targets.analyse_target(t, prior, sampler="mmps", n=P.n_posterior, steps=P.sampling_steps,
-                               prior_samples=prior_samples, progress=False)
-    analyses.append(a)
-    status = (f"chi2 g/r/i = {', '.join(f'{c:.3g}' for c in a.result.chi2)}, "
-              f"variance ratio {a.result.variance_ratio_aperture:.3f}") if a.result is not None else a.error
-    hst = "no HST" if a.hst is None else (
-        f"HST corr {a.agreement.correlation:.3f}, flux ratio {a.agreement.flux_ratio:.2f}" if a.agreement
-        else "HST present, no posterior to compare")
-    print(f"{a.name}: m(z,p) = {a.m:.1f} px, upsampling {a.upsampling_factor:.2f}; {status}; {hst}; "
-          f"{a.wall_time_s:.1f} s")
+analyses = targets.analyse_targets(high_z, prior, sampler="mmps", n=P.n_posterior, steps=P.sampling_steps,
+                                   prior_samples=prior_samples, progress=False)
 
 # %%
-fig = plotting.hsc_target_figure([a.figure_row() for a in analyses], P.name,
+_ = plotting.save_target_figures(analyses, P.name, "hsc_high_z",
                                  title=f"HSC targets with z > {Z_SPLIT}: deconvolution and HST")
-_ = plotting.save_figure(fig, "hsc_high_z")
-for a in analyses:
-    _ = plotting.save_figure(plotting.hsc_target_figure([a.figure_row()], P.name, title=f"HSC {a.name}"),
-                             f"hsc_target_{a.name}")
 
 # %%
-header = ["target", "$z$", "$i$ [mag]", "$m(z,p)$ [px]", "upsampling", r"$\chi^2_g$", r"$\chi^2_r$",
-          r"$\chi^2_i$", "variance ratio", "HST corr.", "wall [s]"]
-rows = targets.analysis_table_rows(analyses)
 caption = (f"Real HSC targets with $z > {Z_SPLIT}$ (profile {P.name}; MMPS, {P.n_posterior} samples, "
            f"{P.sampling_steps} steps); columns as in Table~\\ref{{tab:hst}}.")
-note = "Absent, not run: " + manuscript.latex_escape(", ".join(missing)) + "." if missing else None
-_ = manuscript.write_table("high_z", manuscript.latex_table(
-    header, rows or [["no target present"] + [""] * (len(header) - 1)], caption=caption, label="tab:highz",
-    note=note))
+rows = manuscript.write_targets_table("high_z", analyses, caption, "tab:highz", missing)
 for r in rows:
     print(" | ".join(r))
 
@@ -106,10 +80,10 @@ n_z = {"smoke": 3, "quick": 7}.get(P.name, 10)
 zs = np.round(np.linspace(0.1, 1.0, n_z), 3)
 reference = mock.hsc_reference()
 galaxy = galaxies.build_dataset(P, split="test").images[0]
-sweep = targets.redshift_sweep(galaxy, zs, P, prior, reference, sampler="mmps", n=P.n_posterior,
-                               steps=P.sampling_steps, prior_samples=prior_samples, progress=False,
-                               on_divergence="nan")
-z_cross = targets.upsampling_crossing(P, 2.0)
+sweep = sweeps.redshift_sweep(galaxy, zs, P, prior, reference, sampler="mmps", n=P.n_posterior,
+                              steps=P.sampling_steps, prior_samples=prior_samples, progress=False,
+                              on_divergence="nan")
+z_cross = sweeps.upsampling_crossing(P, 2.0)
 for z, m, u, v in zip(sweep.z, sweep.m, sweep.upsampling_factor, sweep.variance_ratio_aperture):
     print(f"z = {z:.3f}: m(z,p) = {m:.1f} px, upsampling {u:.2f}, variance ratio "
           f"{'DIVERGED' if np.isnan(v) else f'{v:.3f}'}")

@@ -54,3 +54,14 @@ def test_redshift_sweep_figure_marks_threshold_and_divergence():
                                               profile="smoke", source="test")
     assert "not reached" in no_cross.axes[1].get_title()
     plotting.plt.close(no_cross)
+
+
+def test_save_target_figures_writes_one_figure_per_target_and_one_for_all(tmp_path):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    analyses = [SimpleNamespace(name=n, figure_row=lambda r=_row(rng): r) for n in ("a", "b")]
+    written = plotting.save_target_figures(analyses, "smoke", "all", "title", directory=tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == sorted(f"{s}.{f}" for s in ("all", "hsc_target_a", "hsc_target_b") for f in ("pdf", "png"))
+    assert all(p.stat().st_size > 0 for p in written)

@@ -328,11 +328,24 @@ def test_analyse_target_real(present, hsc_root, smoke_gaussian_prior, monkeypatc
         assert a.hst is None and row[9] == "no HST"
     fr = a.figure_row()
     assert fr["samples"].shape == (2, 3, 32, 32) and fr["error"] is None
+    line = a.summary()
+    assert line.startswith(f"{name}: m(z,p) = {a.m:.1f} px") and f"variance ratio {a.result.variance_ratio_aperture:.3f}" in line
+    assert ("HST corr" in line) == bool(with_hst)
     # a diverged sampler is kept, not raised: "diverged" in the posterior columns
     monkeypatch.setattr(targets, "deconvolve", _diverge)
     d = targets.analyse_target(t, smoke_gaussian_prior, prior_samples=prior_x, progress=False)
     assert d.result is None and "forced divergence" in d.error and d.agreement is None
+    assert "forced divergence" in d.summary()
     drow = manuscript.analysis_table_rows([d])[0]
     assert drow[5:9] == ["diverged"] * 4
     assert drow[9] == ("diverged" if with_hst else "no HST")
     assert "mean" not in d.figure_row()
+
+
+def test_targets_between_splits_by_redshift(hsc_root, capsys):
+    low, missing = targets.targets_between(z_max=0.5, root=hsc_root)
+    high, missing_again = targets.targets_between(z_min=0.5, root=hsc_root)
+    assert all(t.z < 0.5 for t in low) and all(t.z > 0.5 for t in high)
+    assert sorted(t.name for t in low + high) == problem.present_targets(hsc_root)
+    assert missing == missing_again == data.missing_targets(hsc_root)
+    assert "targets with 0 < z < 0.5" in capsys.readouterr().out

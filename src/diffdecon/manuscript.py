@@ -87,6 +87,26 @@ def write_table(name: str, latex: str, directory: Path | None = None) -> Path:
 # --------------------------------------------------------------------------- table rows
 
 
+TARGETS_TABLE_HEADER: tuple[str, ...] = (
+    "target", "$z$", "$i$ [mag]", "$m(z,p)$ [px]", "upsampling", r"$\chi^2_g$", r"$\chi^2_r$", r"$\chi^2_i$",
+    "variance ratio", "HST corr.", "wall [s]")
+"""Columns of :func:`analysis_table_rows`."""
+
+
+def write_targets_table(name: str, analyses: Sequence[Any], caption: str, label: str,
+                        missing: Sequence[str] = (), directory: Path | None = None) -> list[list[str]]:
+    """Write the table of real targets (:func:`analysis_table_rows`, columns
+    :data:`TARGETS_TABLE_HEADER`) to ``paper/tables/<name>.tex``, a note naming the
+    ``missing`` targets; one "no target present" row when ``analyses`` is empty.
+    ``directory`` replaces ``paper/tables``. Returns the rows."""
+    rows = analysis_table_rows(analyses)
+    header = list(TARGETS_TABLE_HEADER)
+    note = "Absent, not run: " + latex_escape(", ".join(missing)) + "." if missing else None
+    write_table(name, latex_table(header, rows or [["no target present"] + [""] * (len(header) - 1)],
+                                  caption=caption, label=label, note=note), directory)
+    return rows
+
+
 def analysis_table_rows(analyses: Sequence[Any]) -> list[list[str]]:
     """Rows of the targets' table (LaTeX-ready strings): target, z, i mag, m(z, p) [HSC px],
     upsampling factor, reduced chi^2 per band g, r, i of A(posterior mean) against y, the

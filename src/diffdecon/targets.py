@@ -8,20 +8,22 @@ The steps live in their own modules and are chained here for a notebook or the C
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from . import data
 from .data import HSCTarget
 from .deconvolution import PosteriorResult, deconvolve
 from .errors import DivergenceError
 from .hst import HSTAgreement, hst_agreement, hst_on_hsc_grid
-from .problem import InverseProblem, prepare_target
+from .problem import InverseProblem, prepare_target, present_targets
 
-__all__ = ["DeconvolutionError", "TargetAnalysis", "analyse_target"]
+__all__ = ["DeconvolutionError", "TargetAnalysis", "analyse_target", "targets_between", "analyse_targets"]
 
 DeconvolutionError = DivergenceError
 """Alias of :class:`diffdecon.errors.DivergenceError` (the name used before the error family)."""
@@ -60,6 +62,23 @@ class TargetAnalysis:
     hst: np.ndarray | None
     agreement: HSTAgreement | None
     wall_time_s: float
+
+    def summary(self) -> str:
+        """One line: m(z, p) [HSC px], upsampling factor, reduced chi^2 per band and aperture
+        variance ratio (or the divergence), HST correlation and flux ratio, wall time [s]."""
+        if self.result is None:
+            status = self.error
+        else:
+            status = (f"chi2 g/r/i = {', '.join(f'{c:.3g}' for c in self.result.chi2)}, "
+                      f"variance ratio {self.result.variance_ratio_aperture:.3f}")
+        if self.hst is None:
+            hst = "no HST"
+        elif self.agreement is None:
+            hst = "HST present, no posterior to compare"
+        else:
+            hst = f"HST corr {self.agreement.correlation:.3f}, flux ratio {self.agreement.flux_ratio:.2f}"
+        return (f"{self.name}: m(z,p) = {self.m:.1f} px, upsampling {self.upsampling_factor:.2f}; {status}; "
+                f"{hst}; {self.wall_time_s:.1f} s")
 
     def figure_row(self, n_single: int = 2) -> dict[str, Any]:
         """Arrays for :func:`diffdecon.plotting.hsc_target_figure`: ``y`` (3, n, n)
@@ -106,3 +125,26 @@ def analyse_target(target: HSCTarget, prior, *, sampler: str = "mmps", n: int | 
     return TargetAnalysis(name=target.name, z=float(target.z), i_mag=float(target.i_mag), m=problem.m,
                           upsampling_factor=problem.upsampling_factor, problem=problem, result=result,
                           error=error, hst=hst, agreement=agreement, wall_time_s=time.perf_counter() - t0)
+
+
+def targets_between(z_min: float = 0.0, z_max: float = math.inf, root=None) -> tuple[list[HSCTarget], list[str]]:
+    """``(targets, missing)``: the targets present under ``root`` (default
+    ``paths.hsc_dir()``) whose catalogue redshift lies in the open interval (``z_min``,
+    ``z_max``), loaded, and the names of the targets listed in the committed checksums whose
+    files are absent (their redshift is unknown without their catalogue). Prints both."""
+    names = present_targets(root)
+    chosen = [t for t in (data.load_target(n, root) for n in names) if z_min < t.z < z_max]
+    missing = data.missing_targets(root) if names else []
+    print(f"targets with {z_min:g} < z < {z_max:g}: {[(t.name, round(t.z, 4)) for t in chosen] or 'none'}")
+    print(f"absent (redshift unknown without their catalogue, not run): {missing or 'none'}")
+    return chosen, missing
+
+
+def analyse_targets(targets: Sequence[HSCTarget], prior, **kwargs: Any) -> list[TargetAnalysis]:
+    """:func:`analyse_target` of each target (keyword arguments as there), printing
+    :meth:`TargetAnalysis.summary` of each."""
+    analyses = []
+    for t in targets:
+        analyses.append(analyse_target(t, prior, **kwargs))
+        print(analyses[-1].summary())
+    return analyses

@@ -4,7 +4,8 @@ The paper diagnosed mode collapse with a 3D UMAP of training images and 1000 mod
 samples: a collapsed model's samples occupy a small part of the training manifold. Here the
 projection is computed on the **galaxy-encoder features** (64-d, :mod:`diffdecon.fid`), not
 on pixels, with one UMAP fitted jointly on training images and the samples of every
-checkpoint shown, so that all panels share the same embedding.
+checkpoint shown, so that all panels share the same embedding. The figure is
+:func:`diffdecon.plotting.umap_figure`.
 """
 
 from __future__ import annotations
@@ -46,30 +47,3 @@ def coverage(train_emb: np.ndarray, sample_emb: np.ndarray, k: int = 5) -> float
     r_train = cKDTree(train_emb).query(train_emb, k=k + 1)[0][:, -1]
     d_sample = cKDTree(sample_emb).query(train_emb, k=1)[0]
     return float(np.mean(d_sample <= r_train))
-
-
-def umap_figure(train_emb: np.ndarray, sample_embs: dict[str, np.ndarray], title: str = ""):
-    """Panels of training points (grey) and samples (colour), one per checkpoint label; 2D or 3D."""
-    import matplotlib.pyplot as plt
-
-    dim = train_emb.shape[1]
-    n = len(sample_embs)
-    fig = plt.figure(figsize=(3.6 * n, 3.6))
-    for j, (label, s) in enumerate(sample_embs.items()):
-        if dim == 3:
-            ax = fig.add_subplot(1, n, j + 1, projection="3d")
-            ax.scatter(*train_emb.T, s=2, c="0.6", alpha=0.5, label="training")
-            ax.scatter(*s.T, s=4, c="C3", alpha=0.8, label="samples")
-            ax.set_zticklabels([])
-        else:
-            ax = fig.add_subplot(1, n, j + 1)
-            ax.scatter(*train_emb.T, s=2, c="0.6", alpha=0.5, label="training")
-            ax.scatter(*s.T, s=4, c="C3", alpha=0.8, label="samples")
-        ax.set_xticklabels([])
-        ax.set_yticklabels([])
-        ax.set_title(f"{label}\ncoverage {coverage(train_emb, s):.2f}", fontsize=8)
-        if j == 0:
-            ax.legend(fontsize=7, loc="upper left", markerscale=3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
