@@ -80,13 +80,16 @@ lab: venv
 bench: venv
 	@mkdir -p results
 	$(PY) bench/bench_training.py --batch-sizes 16
-	# DPS at zeta = 1e-3: the published zeta = 1 diverges in flux units on the quick model
-	# (results/bench_sampling_zeta1.json); MMPS at 20 steps x 2 CG.
-	$(PY) bench/bench_sampling.py --zeta 1e-3 --mmps-steps 20 --cg-iters 2
+	# azula's MMPS is compared on the same denoiser and problem: a benchmark-only extra, not a
+	# package dependency; --no-deps (its core needs torch and einops, no torchvision)
+	-$(PY) -m pip install -q --no-deps azula einops
+	# Sampler settings from validation.sampler_settings(profile). DPS at zeta = 1e-3: the
+	# published zeta = 1 diverges in flux units on the quick model (results/bench_sampling_zeta1.json).
+	$(PY) bench/bench_sampling.py --zeta 1e-3
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
 	  $(PY) bench/bench_training.py --device cuda --profiles smoke quick --threads 4 --batch-sizes 64 128 256 --steps 20; \
-	  $(PY) bench/bench_sampling.py --device cuda --zeta 1e-3 --mmps-steps 20 --cg-iters 2; \
-	else echo "no CUDA device: GPU benchmarks skipped (results/*_gpu.json keep their last GPU run)"; fi
+	  $(PY) bench/bench_paper_sampler.py --device cuda --compile; \
+	else echo "no CUDA device: GPU benchmarks skipped (results/*_gpu.json keep their last GPU run; scripts/gpu_run.sh is the one-call GPU run)"; fi
 
 train: venv
 	$(PY) scripts/train.py --profile $(PROFILE) --resume

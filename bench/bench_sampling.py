@@ -1,36 +1,43 @@
 #!/usr/bin/env python
-"""Posterior sampling speed and quality: the published loop against batched DPS and MMPS.
+"""Posterior sampling speed and quality: the default sampler against the published loop and azula.
 
     python bench/bench_sampling.py [--profile auto|quick|smoke] [--loop-samples 2] [--n N]
-                                   [--dps-steps S] [--mmps-steps S] [--cg-iters K] [--threads 2]
+        [--dps-steps S] [--mmps-steps S] [--cg-iters K] [--zeta Z] [--threads 2] [--no-azula]
 
-(defaults of --n, --dps-steps, --mmps-steps, --cg-iters: the notebooks' budget,
-``diffdecon.validation.sampler_settings`` of the profile)
+Sampler settings come from one place, ``diffdecon.validation.sampler_settings(profile)``
+(the notebooks' calibrated budget), turned into sampler arguments by
+``bench/common.sampler_kwargs``, which passes through every setting the sampler accepts;
+the options above override single values for a one-off run.
 
 One fixed mock observation (the first held-out synthetic galaxy at z = 0.21677, HSC PSF and
-noise; ``diffdecon.validation.mock_set``) is inverted three ways, in one run:
+noise; ``diffdecon.validation.mock_set``) is inverted, in one run, by:
 
 * ``published``: the paper's loop, one posterior sample at a time, DPS with all
-  T = 1000 ancestral steps, ``paper`` convention (zeta = ``--zeta``, 1 as published, i.e. zeta_t = 1/||r|| on the
-  squared norm). It is slow on a CPU, so only ``--loop-samples`` samples are drawn (a
-  rate measured on few samples; said so in the output).
-* ``dps_batched``: the same DPS, all ``--n`` samples in one batch, ``--dps-steps`` (<= 100) steps.
-  Batches use one generator per sample, so each sample is the same whatever the batch.
-* ``mmps_batched``: MMPS, ``--n`` samples in one batch, ``--mmps-steps`` (<= 100) steps,
-  ``--cg-iters`` CG iterations.
+  T = 1000 ancestral steps (``--loop-steps`` fewer only for smoke tests), ``paper`` convention
+  (zeta_t = zeta / ||r|| on the squared norm; zeta from the settings or ``--zeta``). It is
+  slow on a CPU, so only ``--loop-samples`` samples are drawn (said so in the output).
+* ``dps_batched``: the same DPS, all ``n`` samples in one batch, the settings' DPS steps (<= 100).
+* ``default`` (MMPS at the settings): ``n`` samples in one batch.
+* ``azula_mmps``: azula's ``MMPSDenoiser`` (its default GMRES solver, as many iterations as
+  the settings' CG iterations) on the same denoiser (``prior.x0_hat`` behind azula's
+  ``Denoiser`` interface, the discrete cosine schedule mapped to azula's time in [0, 1]),
+  the same forward operator and noise, with azula's ``DDPMSampler`` over the same number of
+  steps. azula is a benchmark-only extra (``pip install --no-deps azula einops``: its guidance
+  package imports einops, and nothing else outside torch); without it the
+  comparison is skipped with a printed message.
 
-Reported per method: posterior samples per second; peak memory during the method [MiB]: on
-``--device cuda`` the GPU's allocator peak, on the CPU the peak resident memory (Linux ``VmHWM`` of the process, reset before each method by writing 5 to
-``/proc/self/clear_refs``; where that reset is not possible, ``resource.getrusage`` maxrss,
-which is the peak of the whole process so far: the field ``memory_method`` says which);
-PSNR [dB] of the posterior mean and the mean per-sample PSNR against the idealized truth
-(linear flux); the reduced chi^2 of A(posterior mean) and the mean reduced chi^2 of
-A(sample) against y. Each is also given as a ratio to the published loop (PSNR: also the
-difference in dB). A sampler that diverges (non-finite samples) is recorded as such, with
-the finite samples only. The per-sample numbers are the fair comparison: the published
-loop's posterior mean averages fewer samples.
+Batches use one generator per sample (azula draws from torch's global generator, seeded).
+Reported per method: posterior samples per second; peak memory during the method [MiB]
+(GPU: allocator peak; CPU: ``VmHWM`` after a reset through ``/proc/self/clear_refs``, else
+the process peak: ``memory_method`` says which); PSNR [dB] of the posterior mean and per
+sample against the idealized truth (linear flux); the reduced chi^2 of A(posterior mean)
+and the mean and median over samples of the reduced chi^2 of A(sample) against y; the
+fraction of model pixels whose truth lies in the central 68 % / 95 % interval of the
+samples, next to what a calibrated sampler with that many samples would give
+(``common.finite_sample_coverage``). Ratios to the published loop are given too. A
+sampler that diverges (non-finite samples) is recorded as such, with the finite samples only.
 
-Written atomically to ``results/bench_sampling.json``; a markdown table is printed.
+Written atomically to ``results/bench_sampling.json`` (``--out``); a markdown table is printed.
 Uses ``models/quick`` when present, else the smoke prior (trained into the cache) with a
 loud note: smoke numbers mean nothing.
 """
@@ -43,10 +50,17 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import describe, finite_sample_coverage, sampler_kwargs  # noqa: E402
+
+LEVELS: tuple[float, ...] = (0.68, 0.95)
+"""Credible levels of the pixel coverage."""
 
 
 def _reset_peak() -> bool:
@@ -87,22 +101,50 @@ def _load(profile_arg: str):
     return P, prior_mod.load_prior(P, directory), note
 
 
-def _run(label: str, fn, n_expected: int, problem, reset_ok: bool, device=None) -> tuple[dict, "torch.Tensor"]:
-    """Time ``fn`` (returns samples and their validity mask) and score its samples.
-
-    ``problem`` is the CPU copy of the inverse problem: scores are computed on the CPU in
-    float64 whatever device sampled. On CUDA the peak memory is the GPU's
-    (``torch.cuda.max_memory_allocated``, reset before each method)."""
+def _score(rec: dict, x, problem) -> dict:
+    """PSNR, chi^2 (mean estimate, per sample: mean and median) and pixel coverage of the
+    finite samples ``x`` (prior space, CPU); every score in float64 against the CPU problem."""
     import torch
 
-    from diffdecon import metrics
+    from diffdecon import calibration, metrics
+
+    nan = float("nan")
+    with torch.no_grad():
+        flux = problem.to_flux(x).double()
+        flux = flux[torch.isfinite(flux.flatten(1)).all(1)]
+        rec["n_finite"] = int(len(flux))
+        if len(flux) == 0:
+            rec.update(psnr_mean=nan, psnr_per_sample=nan, chi2_mean=nan, chi2_per_sample=nan,
+                       chi2_per_sample_median=nan, coverage={str(lv): nan for lv in LEVELS}, diverged=True)
+            return rec
+        op = problem.operator
+        mean = flux.mean(0)
+        A_mean = op.A(mean[None])[0]  # float64 input: the operator's float64 masters
+        A_s = op.A(flux)
+    truth, y, s = problem.truth.double(), problem.y.double(), problem.sigma.double()
+    chi = [metrics.reduced_chi2(y, a.double(), s) for a in A_s]
+    rec["psnr_mean"] = metrics.psnr(truth, mean)
+    rec["psnr_per_sample"] = float(np.mean([metrics.psnr(truth, f) for f in flux]))
+    rec["chi2_mean"] = metrics.reduced_chi2(y, A_mean.double(), s)
+    rec["chi2_per_sample"] = float(np.mean(chi))
+    rec["chi2_per_sample_median"] = float(np.median(chi))
+    cov = calibration.interval_coverage(flux, truth, LEVELS) if len(flux) >= 2 else dict.fromkeys(LEVELS, nan)
+    rec["coverage"] = {str(k): v for k, v in cov.items()}
+    rec["coverage_calibrated"] = {str(k): v for k, v in finite_sample_coverage(len(flux), LEVELS).items()}
+    return rec
+
+
+def _run(label: str, fn, n_expected: int, problem, reset_ok: bool, device=None) -> tuple[dict, "torch.Tensor"]:
+    """Time ``fn`` (returns samples and their validity mask) and score its samples
+    (:func:`_score`). On CUDA the peak memory is the GPU's (reset before each method)."""
+    import torch
 
     cuda = device is not None and torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        _reset_peak() if reset_ok else None
+    elif reset_ok:
+        _reset_peak()
     t0 = time.perf_counter()
     x, valid = fn()
     if cuda:
@@ -113,33 +155,9 @@ def _run(label: str, fn, n_expected: int, problem, reset_ok: bool, device=None) 
     else:
         peak, how = _peak_mib(reset_ok)
     x, valid = x.detach().cpu(), valid.cpu()
-    x = x[valid]
-    rec = {"method": label, "n_samples": n_expected, "n_finite": int(valid.sum()), "wall_s": wall,
-           "samples_per_s": n_expected / wall, "peak_memory_mib": peak, "memory_method": how,
-           "diverged": bool(valid.sum() < n_expected)}
-    if len(x) == 0:
-        rec.update(psnr_mean=float("nan"), psnr_per_sample=float("nan"), chi2_mean=float("nan"),
-                   chi2_per_sample=float("nan"))
-        return rec, x
-    with torch.no_grad():
-        flux = problem.to_flux(x).double()
-        finite = torch.isfinite(flux.flatten(1)).all(1)
-        flux = flux[finite]
-        rec["n_finite"] = int(finite.sum())
-        if len(flux) == 0:
-            rec.update(psnr_mean=float("nan"), psnr_per_sample=float("nan"), chi2_mean=float("nan"),
-                       chi2_per_sample=float("nan"), diverged=True)
-            return rec, x
-        op = problem.operator
-        mean = flux.mean(0)
-        A_mean = op.A(mean[None])[0]  # float64 input: the operator's float64 masters
-        A_s = op.A(flux)
-    truth, y, s = problem.truth.double(), problem.y.double(), problem.sigma.double()
-    rec["psnr_mean"] = metrics.psnr(truth, mean)
-    rec["psnr_per_sample"] = float(np.mean([metrics.psnr(truth, f) for f in flux]))
-    rec["chi2_mean"] = metrics.reduced_chi2(y, A_mean.double(), s)
-    rec["chi2_per_sample"] = float(np.mean([metrics.reduced_chi2(y, a.double(), s) for a in A_s]))
-    return rec, x
+    rec = {"method": label, "n_samples": n_expected, "wall_s": wall, "samples_per_s": n_expected / wall,
+           "peak_memory_mib": peak, "memory_method": how, "diverged": bool(valid.sum() < n_expected)}
+    return _score(rec, x[valid], problem), x
 
 
 def speed_target(records: list[dict], at_least: float = 30.0) -> dict:
@@ -159,92 +177,165 @@ def speed_target(records: list[dict], at_least: float = 30.0) -> dict:
             "met": bool(qualifying), "qualifying": [r["method"] for r in qualifying]}
 
 
-def main(argv=None) -> int:
+def azula_available() -> tuple[bool, str]:
+    """(True, version) when azula and the modules used here import (its guidance package
+    imports einops), else (False, why)."""
+    try:
+        import azula
+        import azula.guidance  # noqa: F401
+        import azula.sample  # noqa: F401
+    except ImportError as err:
+        return False, f"{type(err).__name__}: {err}"
+    return True, getattr(azula, "__version__", "unknown version")
+
+
+def azula_mmps(prior, y, forward, sigma, n: int, steps: int, iterations: int, seed: int,
+               solver: str = "gmres"):
+    """``n`` posterior samples with azula's MMPS on our denoiser, operator and noise.
+
+    azula works on flat vectors and continuous time t in [0, 1]: t = 0 is the clean image
+    (alpha = 1, sigma = 0), any t > 0 the discrete step ``round(t (T - 1))`` of the prior's
+    cosine schedule (``alpha_t = sqrt(abar)``, ``sigma_t = sqrt(1 - abar)``, the same VP
+    process). The denoiser is ``prior.x0_hat``; the observation covariance is diagonal,
+    ``sigma_y^2`` per band and pixel. azula's ``DDPMSampler`` takes ``steps`` uniform steps
+    of t from 1 to 0 and draws its noise from torch's global generator (seeded with
+    ``seed``). Returns ``(x (n, C, H, W), valid (n,))`` as the package's samplers with
+    ``on_divergence="mask"``."""
+    import torch
+    from azula.denoise import Denoiser, DiracPosterior
+    from azula.guidance import MMPSDenoiser
+    from azula.linalg.covariance import DiagonalCovariance
+    from azula.noise import Schedule
+    from azula.sample import DDPMSampler
+
+    p = prior.profile
+    shape = (len(p.bands), p.image_size, p.image_size)
+    abar = prior.schedule.alphas_cumprod
+    T = abar.numel()
+
+    def index(t):
+        return torch.round(torch.as_tensor(t, dtype=torch.float64) * (T - 1)).long().clamp(0, T - 1)
+
+    class CosineSteps(Schedule):
+        def __call__(self, t):
+            a = abar.to(t.device)[index(t).to(t.device)].to(torch.float32)
+            clean = t <= 0
+            return torch.where(clean, 1.0, a.sqrt()), torch.where(clean, 0.0, (1 - a).sqrt())
+
+    class PriorDenoiser(Denoiser):
+        schedule = CosineSteps()
+
+        def forward(self, x_t, t, **kwargs):
+            tb = index(t).expand(x_t.shape[0]).to(x_t.device)
+            return DiracPosterior(mean=prior.x0_hat(x_t.view(-1, *shape), tb).flatten(1))
+
+    cov_y = DiagonalCovariance((sigma.view(1, -1, 1, 1).expand_as(y[None]) ** 2).flatten(1))
+    guided = MMPSDenoiser(PriorDenoiser(), y.flatten()[None], lambda x: forward(x.view(-1, *shape)).flatten(1),
+                          cov_y, solver=solver, iterations=iterations)
+    sampler = DDPMSampler(guided, steps=steps, silent=True)
+    torch.manual_seed(seed)
+    x = sampler(sampler.init((n, int(np.prod(shape))), device=y.device)).view(n, *shape)
+    valid = torch.isfinite(x.flatten(1)).all(1) & (x.flatten(1).abs().amax(1) < 1e6)
+    return torch.where(valid.view(-1, 1, 1, 1), x, torch.full_like(x, float("nan"))), valid
+
+
+def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto", choices=["auto", "quick", "smoke"])
     parser.add_argument("--loop-samples", type=int, default=2, help="samples of the published loop (slow)")
-    parser.add_argument("--n", type=int, default=None,
-                        help="samples of the batched samplers, one batch (default: validation.sampler_settings)")
-    parser.add_argument("--dps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
-    parser.add_argument("--mmps-steps", type=int, default=None, help="default: validation.sampler_settings, <= 100")
-    parser.add_argument("--cg-iters", type=int, default=None, help="default: validation.sampler_settings")
-    parser.add_argument("--zeta", type=float, default=1.0,
-                        help="DPS guidance scale, paper convention, for the published loop and batched DPS "
-                             "(default 1.0 as published; it diverges on the quick model in flux units, see "
-                             "validation.DPS_ZETA_LADDER)")
+    parser.add_argument("--loop-steps", type=int, default=None,
+                        help="steps of the published loop (default all T, as published; fewer only for smoke tests)")
+    for name, what in (("n", "samples of the batched samplers, one batch"), ("dps-steps", "batched DPS steps, <= 100"),
+                       ("mmps-steps", "MMPS steps, <= 100"), ("cg-iters", "MMPS CG iterations"),
+                       ("zeta", "DPS guidance scale, paper convention")):
+        parser.add_argument(f"--{name}", type=float if name == "zeta" else int, default=None,
+                            help=f"{what} (default: validation.sampler_settings of the profile)")
+    parser.add_argument("--no-azula", action="store_true", help="skip the comparison with azula's MMPS")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu",
-                        help="cpu or cuda (default cpu; cuda results go to results/bench_sampling_gpu.json)")
-    parser.add_argument("--out", default=None, help="default results/bench_sampling.json (_gpu.json on cuda)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--out", default=None,
+                        help="default results/bench_sampling.json (results/bench_sampling_quick_gpu.json on cuda)")
     args = parser.parse_args(argv)
+    for k in ("loop_samples", "loop_steps", "n", "dps_steps", "mmps_steps", "cg_iters", "threads", "zeta"):
+        v = getattr(args, k)
+        if v is not None and not v > 0:
+            parser.error(f"--{k.replace('_', '-')}={v}: expected a positive number")
+    if (args.dps_steps or 0) > 100 or (args.mmps_steps or 0) > 100:
+        parser.error("the batched samplers are benchmarked at <= 100 steps")
+    return args
 
+
+def sampler_arguments(settings, args) -> tuple[int, dict, dict]:
+    """(n, MMPS kwargs, DPS kwargs): the settings' values (``common.sampler_kwargs``), with
+    the command line's overrides; batched DPS is capped at 100 steps."""
+    mm, dp = sampler_kwargs(settings, "mmps"), sampler_kwargs(settings, "dps")
+    if args.mmps_steps:
+        mm["steps"] = args.mmps_steps
+    if args.cg_iters and "cg_iters" in mm:
+        mm["cg_iters"] = args.cg_iters
+    dp["steps"] = args.dps_steps or min(dp["steps"], 100)
+    if args.zeta:
+        dp["zeta"] = args.zeta
+    return args.n or settings.n, mm, dp
+
+
+def _methods(prior, run_problem, args, n, mm, dp, T):
+    """[(label, fn, n_samples)] in table order; the published loop first."""
     import torch
 
-    from diffdecon import mock, paths, samplers, validation
-    from diffdecon.problem import from_mock
-    from diffdecon.cache import atomic_write_text
+    from diffdecon import samplers
 
-    torch.set_num_threads(args.threads)
-    P, prior, note = _load(args.profile)
-    st = validation.sampler_settings(P)  # the notebooks' budget
-    args.n = st.n if args.n is None else args.n
-    args.dps_steps = min(st.dps_steps, 100) if args.dps_steps is None else args.dps_steps
-    args.mmps_steps = st.mmps_steps if args.mmps_steps is None else args.mmps_steps
-    args.cg_iters = st.cg_iters if args.cg_iters is None else args.cg_iters
-    for k in ("loop_samples", "n", "dps_steps", "mmps_steps", "cg_iters", "threads"):
-        if getattr(args, k) < 1:
-            parser.error(f"--{k.replace('_', '-')}={getattr(args, k)}: expected a positive int")
-    if args.dps_steps > 100 or args.mmps_steps > 100:
-        parser.error("the batched samplers are benchmarked at <= 100 steps")
-    T = int(prior.schedule.alphas_cumprod.numel())
-    mk = validation.mock_set(P, mock.hsc_reference(), n=1, redshifts=(0.21677,))[0]
-    problem = from_mock(mk, prior)
-    dev = torch.device(args.device)
-    if dev.type != "cpu":
-        import dataclasses
-
-        prior = prior.to(dev)
-        run_problem = dataclasses.replace(problem, y=problem.y.to(dev), sigma=problem.sigma.to(dev),
-                                          operator=copy.deepcopy(problem.operator).to(dev))
-    else:
-        run_problem = problem
     y, fwd, sig = run_problem.y, run_problem.forward, run_problem.sigma
+    dev = y.device
 
-    def gen(seed):  # on the sampling device: no host round trip per step
-        return torch.Generator(dev).manual_seed(seed)
+    def gens(base, k):  # one generator per sample, on the sampling device
+        return [torch.Generator(dev).manual_seed(base + i) for i in range(k)]
 
-    reset_ok = _reset_peak()
-    print(f"profile {P.name}; mock z = {mk.z}, observation {tuple(y.shape)}; {args.threads} threads; "
-          f"published loop: {args.loop_samples} samples x {T} DPS steps (few samples: the loop is slow)", flush=True)
+    loop_steps = args.loop_steps or T
+    loop_kw = dict(dp, steps=loop_steps)
 
     def published():
-        xs, valid = [], []
-        for i in range(args.loop_samples):
-            x, v = samplers.dps(prior, y, fwd, sig, gen(10 + i), 1, steps=T, zeta=args.zeta,
-                                convention="paper", on_divergence="mask", progress=False)
-            xs.append(x)
-            valid.append(v)
-        return torch.cat(xs), torch.cat(valid)
+        out = [samplers.dps(prior, y, fwd, sig, g, 1, on_divergence="mask", progress=False, **loop_kw)
+               for g in gens(10, args.loop_samples)]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
-    def dps_batched():
-        gens = [gen(100 + i) for i in range(args.n)]
-        return samplers.dps(prior, y, fwd, sig, gens, args.n, steps=args.dps_steps, zeta=args.zeta, convention="paper",
-                            on_divergence="mask", progress=False)
+    runs = [(f"published (DPS, 1 at a time, {loop_steps} steps)", published, args.loop_samples),
+            (f"DPS batched ({n}, {describe(dp)})",
+             lambda: samplers.dps(prior, y, fwd, sig, gens(100, n), n, on_divergence="mask", progress=False, **dp), n),
+            (f"default: MMPS batched ({n}, {describe(mm)})",
+             lambda: samplers.mmps(prior, y, fwd, sig, gens(200, n), n, on_divergence="mask", progress=False, **mm), n)]
+    ok, why = azula_available()
+    if args.no_azula:
+        print("azula comparison skipped (--no-azula)")
+    elif not ok:
+        print(f"azula comparison SKIPPED: azula is not installed ({why}); install it for the benchmark only with "
+              "`.venv/bin/pip install --no-deps azula einops`")
+    else:
+        it = mm.get("cg_iters", 1)
+        runs.append((f"azula {why} MMPS ({n}, steps={mm['steps']}, gmres iterations={it})",
+                     lambda: azula_mmps(prior, y, fwd, sig, n, mm["steps"], it, seed=300), n))
+    return runs
 
-    def mmps_batched():
-        gens = [gen(200 + i) for i in range(args.n)]
-        return samplers.mmps(prior, y, fwd, sig, gens, args.n, steps=args.mmps_steps, cg_iters=args.cg_iters,
-                             on_divergence="mask", progress=False)
 
-    runs = [("published (DPS, 1 at a time, %d steps)" % T, published, args.loop_samples),
-            (f"DPS batched ({args.n}, {args.dps_steps} steps)", dps_batched, args.n),
-            (f"MMPS batched ({args.n}, {args.mmps_steps} steps, {args.cg_iters} CG)", mmps_batched, args.n)]
-    records = []
-    for label, fn, n in runs:
-        print(f"running {label} ...", flush=True)
-        rec, _ = _run(label, fn, n, problem, reset_ok, dev)
-        records.append(rec)
-        print(f"  {rec['wall_s']:.1f} s, {rec['samples_per_s']:.4f} samples/s, finite {rec['n_finite']}/{n}", flush=True)
+def _from_mock(mk, prior):
+    try:  # the inverse problem lives in diffdecon.problem (older trees: diffdecon.targets)
+        from diffdecon.problem import from_mock
+    except ImportError:
+        from diffdecon.targets import from_mock
+    return from_mock(mk, prior)
+
+
+def _on_device(problem, dev):
+    """The problem with y, sigma and the operator on ``dev`` (scores stay on the CPU copy)."""
+    if dev.type == "cpu":
+        return problem
+    import dataclasses
+
+    return dataclasses.replace(problem, y=problem.y.to(dev), sigma=problem.sigma.to(dev),
+                               operator=copy.deepcopy(problem.operator).to(dev))
+
+
+def _ratios(records: list[dict]) -> None:
     base = records[0]
 
     def ratio(a, b):
@@ -256,30 +347,64 @@ def main(argv=None) -> int:
         for k in ("psnr_mean", "psnr_per_sample", "chi2_mean", "chi2_per_sample"):
             rec[f"{k}_ratio"] = ratio(rec[k], base[k])
         rec["psnr_per_sample_diff_db"] = float(rec["psnr_per_sample"] - base["psnr_per_sample"])
+
+
+def _print_table(records: list[dict]) -> None:
+    cols = ["method", "samples/s", "speed-up", "peak memory [MiB]", "PSNR/sample", "dPSNR/sample [dB]",
+            "chi2 mean", "chi2/sample (median)", "coverage 68/95 (calibrated)", "finite"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in records:
+        c, t = r.get("coverage", {}), r.get("coverage_calibrated", {})
+        cov = (f"{c.get('0.68', float('nan')):.2f}/{c.get('0.95', float('nan')):.2f} "
+               f"({t.get('0.68', float('nan')):.2f}/{t.get('0.95', float('nan')):.2f})")
+        print(f"| {r['method']} | {r['samples_per_s']:.4g} | {r['speedup']:.1f}x | {r['peak_memory_mib']:.0f} | "
+              f"{r['psnr_per_sample']:.2f} | {r['psnr_per_sample_diff_db']:+.2f} | {r['chi2_mean']:.3g} | "
+              f"{r['chi2_per_sample']:.3g} ({r['chi2_per_sample_median']:.3g}) | {cov} | "
+              f"{r['n_finite']}/{r['n_samples']} |")
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    import torch
+
+    from diffdecon import mock, paths, validation
+    from diffdecon.cache import atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    P, prior, note = _load(args.profile)
+    st = validation.sampler_settings(P)  # the notebooks' calibrated budget: the one place
+    n, mm, dp = sampler_arguments(st, args)
+    T = int(prior.schedule.alphas_cumprod.numel())
+    mk = validation.mock_set(P, mock.hsc_reference(), n=1, redshifts=(0.21677,))[0]
+    problem = _from_mock(mk, prior)
+    dev = torch.device(args.device)
+    prior = prior.to(dev)
+    runs = _methods(prior, _on_device(problem, dev), args, n, mm, dp, T)
+    reset_ok = _reset_peak()
+    print(f"profile {P.name}; mock z = {mk.z}; {args.threads} threads; settings: {st.note}", flush=True)
+    records = []
+    for label, fn, k in runs:
+        print(f"running {label} ...", flush=True)
+        rec, _ = _run(label, fn, k, problem, reset_ok, dev)
+        records.append(rec)
+        print(f"  {rec['wall_s']:.1f} s, {rec['samples_per_s']:.4f} samples/s, finite {rec['n_finite']}/{k}", flush=True)
+    _ratios(records)
     target = speed_target(records)
-    best = next(r for r in records if r["method"] == target["best_batched"])
     out = {"profile": P.name, "note": note, "checkpoint": str(getattr(prior, "checkpoint_path", "")),
            "checkpoint_sha256": getattr(prior, "checkpoint_sha256", None), "mock_z": mk.z,
            "mock_source": mk.reference.source, "threads": args.threads, "cpu_count": os.cpu_count(),
            "load_average": list(os.getloadavg()), "machine": platform.platform(), "torch": torch.__version__,
            "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-           "published_loop_samples": args.loop_samples, "dps_zeta": args.zeta,
+           "settings": {"source": "validation.sampler_settings", "note": st.note, "n": n, "mmps": mm, "dps": dp},
+           "published_loop_samples": args.loop_samples, "published_loop_steps": args.loop_steps or T,
            "published_loop_note": f"rate measured on {args.loop_samples} sample(s) only: the loop is slow on a CPU",
-           "target": target, "methods": records}
-    default_name = "bench_sampling.json" if dev.type == "cpu" else "bench_sampling_gpu.json"
-    path = Path(args.out) if args.out else paths.RESULTS / default_name
+           "azula": azula_available()[1], "coverage_levels": list(LEVELS), "target": target, "methods": records}
+    name = "bench_sampling.json" if dev.type == "cpu" else "bench_sampling_quick_gpu.json"
+    path = Path(args.out) if args.out else paths.RESULTS / name
     atomic_write_text(path, json.dumps(out, indent=2, sort_keys=False) + "\n")
-
-    cols = ["method", "samples/s", "speed-up", "peak memory [MiB]", "mem ratio", "PSNR mean", "PSNR/sample",
-            "dPSNR/sample [dB]", "chi2 mean", "chi2/sample", "chi2/sample ratio", "finite"]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in records:
-        print(f"| {r['method']} | {r['samples_per_s']:.4g} | {r['speedup']:.1f}x | {r['peak_memory_mib']:.0f} | "
-              f"{r['memory_ratio']:.2f} | {r['psnr_mean']:.2f} | {r['psnr_per_sample']:.2f} | "
-              f"{r['psnr_per_sample_diff_db']:+.2f} | {r['chi2_mean']:.3g} | {r['chi2_per_sample']:.3g} | "
-              f"{r['chi2_per_sample_ratio']:.3g} | {r['n_finite']}/{r['n_samples']} |")
+    _print_table(records)
     print(f"\nmemory: {records[0]['memory_method']}. Target >= 30x samples/s at equal or better PSNR and chi2: "
-          f"{'met' if target['met'] else 'NOT met'} (best: {best['method']}, {best['speedup']:.1f}x).")
+          f"{'met' if target['met'] else 'NOT met'} (best: {target['best_batched']}, {target['speedup']:.1f}x).")
     if note:
         print(note)
     print(f"wrote {path}")
