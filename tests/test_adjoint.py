@@ -87,6 +87,15 @@ def _conditional_convolution_case(generator, device):
     return Case(lambda y: C.convolve(y, psf), lambda r: C.convolve_adjoint(r, psf), (3, 1, 12, 12), (3, 1, 12, 12))
 
 
+def _exposure_set_case(generator, device):
+    """The dithered exposures of the SLIC study (offsets, rotation, distortion; 4x PSF)."""
+    from diffdecon.exposures import ExposureSet, default_dithers
+    from diffdecon.physics import gaussian_psf
+
+    es = ExposureSet.dithered(gaussian_psf(0.1, 15, 0.0125), 4, 12, 32, 0.025, default_dithers(4, 0.05, 0.3, 0.05))
+    return Case(es.A, es.A_adjoint, (2, 32, 32), (2, 4, 12, 12))
+
+
 # (z, m [obs px], image_size, obs_size, psf side, centre offset (dy, dx) [obs px])
 DOWNSAMPLE = (0.30, 13.7, 32, 17, 5)
 UPSAMPLE_OFFSET = (0.20, 21.3, 12, 24, 7, (0.3, -1.7))
@@ -106,6 +115,7 @@ OPERATORS = [
     pytest.param(_valid_convolution_case(5), id="physics.convolve_valid-direct"),
     pytest.param(_valid_convolution_case(21), id="physics.convolve_valid-fft"),
     pytest.param(_conditional_convolution_case, id="conditional.convolve"),
+    pytest.param(_exposure_set_case, id="exposures.ExposureSet"),
 ]
 
 
