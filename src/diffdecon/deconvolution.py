@@ -82,18 +82,10 @@ def _per_sample_generators(generator: torch.Generator, n: int) -> list[torch.Gen
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def deconvolve(
-    problem: InverseProblem,
-    prior,
-    sampler: str = "mmps",
-    n: int | None = None,
-    steps: int | None = None,
-    generator: torch.Generator | int | None = None,
-    batch_size: int | None = None,
-    prior_samples: torch.Tensor | None = None,
-    progress: bool = True,
-    **sampler_kwargs: Any,
-) -> PosteriorResult:
+def deconvolve(problem: InverseProblem, prior, sampler: str = "mmps", n: int | None = None, steps: int | None = None,
+               generator: torch.Generator | int | None = None, batch_size: int | None = None,
+               prior_samples: torch.Tensor | None = None, progress: bool = True,
+               **sampler_kwargs: Any) -> PosteriorResult:
     """Sample the posterior p(x | y) of ``problem`` and summarise it.
 
     Parameters
@@ -116,15 +108,8 @@ def deconvolve(
         :func:`diffdecon.reference_samples.prior_samples`, cached per profile and checkpoint).
     sampler_kwargs : passed on to the sampler (e.g. ``zeta``, ``cg_iters``).
 
-    Returns
-    -------
-    PosteriorResult
-
-    Raises
-    ------
-    DivergenceError
-        If a sample's flux is not finite or it leaves |x| <= :data:`DIVERGED_ABS` (a diverged
-        sampler), while sampling or after.
+    Raises :class:`~diffdecon.errors.DivergenceError` if a sample's flux is not finite or it
+    leaves |x| <= :data:`DIVERGED_ABS` (a diverged sampler), while sampling or after.
     """
     P = problem.profile
     n = P.n_posterior if n is None else n

@@ -30,42 +30,11 @@ parameters are relaxed (``GSPARAMS``: peak-relative pixel errors about 2e-3 for 
 chunks of ``CHUNK_SIZE`` galaxies are drawn in parallel, chunk ``k`` seeded from
 ``(seed, split, k)``, so the result does not depend on the number of workers.
 
-Distributions (``sample_params``; sizes are half-light radii, colours are observed-frame
-HSC colours typical of galaxies at z ~ 0.1-0.2; U = uniform, LN = lognormal by median
-and sigma of ln):
-
-================  ===========================================================  ========
-quantity          distribution                                                 unit
-================  ===========================================================  ========
-i_mag             U(17.5, 21.0) total i-band magnitude, HSC: 27 - 2.5 log10 f   AB mag
-disk_re_kpc       LN(median 3.0, sigma_ln 0.35), clipped to [1, 6]               kpc
-disk_h_over_r     U(0.08, 0.15) disk scale height / scale radius                 --
-bulge_frac        Beta(1, 2.5): bulge-to-total (i band), mean 0.29               --
-bulge_re_kpc      LN(median 1.0, sigma_ln 0.4), clipped to [0.3, min(3, 0.8 r_d)] kpc
-bulge_n           uniform on {1.5, 2, 2.5, 3, 3.5, 4}                            --
-bulge_q0          U(0.6, 0.9) intrinsic axis ratio                               --
-cos_i             U(0, 1) (random orientation); inclination_deg = arccos         --
-pa_deg            U(0, 180) position angle of the major axis from +x            deg
-knot_frac         U(0.03, 0.2) x (1 - bulge_frac): knots' share of the total     --
-n_knots           integers U[10, 60]                                             --
-has_bar           p = 0.3 if bulge_frac < 0.6, else 0                            --
-bar_frac          U(0.05, 0.15) of the total (i band), taken from the disk       --
-bar_re_kpc        U(0.4, 0.8) x disk_re_kpc; bar_q U(0.2, 0.35); bar_n {0.5, 1}  kpc
-has_arms          p = 0.6 if bulge_frac < 0.5, 0.2 if < 0.7, else 0              --
-n_arms, pitch     2 (70%), 3 (20%), 4 (10%); pitch U(10, 30)                     deg
-arm_amp, arm_s    U(0.3, 0.9) amplitude A; U(1, 4) sharpness s                   --
-bulge g-r, r-i    N(0.85, 0.06) clipped [0.65, 1.05]; N(0.40, 0.04)              mag
-disk g-r, r-i     bulge - U(0.20, 0.45); bulge - U(0.08, 0.20)                   mag
-knot g-r, r-i     disk - U(0.20, 0.40); disk - U(0.05, 0.15)                     mag
-bar g-r, r-i      bulge - 0.05; bulge - 0.02                                     mag
-================  ===========================================================  ========
-
-The resulting total colours (catalog ``g_r``, ``r_i``, flux-weighted) have medians of about
-0.57 and 0.29 mag; ``MEDIAN_G_R_RANGE`` and ``MEDIAN_R_I_RANGE`` are the documented ranges
-that the tests check. Fluxes are linear flux per model pixel in HSC coadd units
-(``mag = 27 - 2.5 log10(flux)``); an image's sum is the requested flux minus what falls
-outside the field (small for the clipped sizes: below 1% for a 3 kpc disk in the 38.4 kpc
-field of the smoke and quick profiles).
+The parameters of each galaxy are drawn by :mod:`diffdecon.galaxy_catalog` (distributions
+documented there). Fluxes are linear flux per model pixel in HSC coadd units
+(:mod:`diffdecon.units`); an image's sum is the requested flux minus what falls outside
+the field (small for the clipped sizes: below 1% for a 3 kpc disk in the 38.4 kpc field of
+the smoke and quick profiles).
 """
 
 from __future__ import annotations
@@ -84,12 +53,10 @@ from scipy.special import erf, gammaln
 
 from . import cache, paths
 from .config import BANDS, Profile, get_profile
+from .galaxy_catalog import CATALOG_DTYPE, band_weights, component_fluxes, sample_params
 
 GENERATOR_VERSION = "galaxies-1"
 """Changes whenever the drawn images would change for the same seed (cache key)."""
-
-ZERO_POINT = 27.0
-"""HSC coadd magnitude zero point: ``mag = 27 - 2.5 log10(flux)``."""
 
 CHUNK_SIZE = 100
 """Galaxies per parallel chunk; chunk ``k`` is seeded from ``(seed, split, k)``."""
@@ -97,153 +64,11 @@ CHUNK_SIZE = 100
 KNOT_SIGMA_PX = 0.25
 """Gaussian sigma of a star-forming knot [model px] (well below a pixel)."""
 
-BULGE_N_GRID = np.array([1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
-"""Allowed bulge Sersic indices (a grid, so that GalSim's Sersic tables are reused)."""
-
-DISK_RE_MEDIAN_KPC = 3.0
-BULGE_RE_MEDIAN_KPC = 1.0
-MEDIAN_G_R_RANGE = (0.5, 0.8)
-"""Documented range [mag] of the median total g - r of a catalog."""
-MEDIAN_R_I_RANGE = (0.2, 0.4)
-"""Documented range [mag] of the median total r - i of a catalog."""
-
 SPLITS = {"train": 0, "test": 1}
 """Dataset splits and the id that separates their seed streams."""
 
 GSPARAMS = galsim.GSParams(folding_threshold=2e-2, maxk_threshold=1e-2)
 """Relaxed GalSim accuracy (defaults 5e-3, 1e-3): peak-relative errors about 2e-3."""
-
-CATALOG_DTYPE = np.dtype(
-    [
-        ("i_mag", "f8"), ("g_r", "f8"), ("r_i", "f8"),
-        ("flux_g", "f8"), ("flux_r", "f8"), ("flux_i", "f8"),
-        ("disk_re_kpc", "f8"), ("disk_h_over_r", "f8"),
-        ("bulge_frac", "f8"), ("bulge_re_kpc", "f8"), ("bulge_n", "f8"), ("bulge_q0", "f8"),
-        ("cos_i", "f8"), ("inclination_deg", "f8"), ("pa_deg", "f8"),
-        ("knot_frac", "f8"), ("n_knots", "i8"), ("knot_seed", "i8"),
-        ("has_bar", "?"), ("bar_frac", "f8"), ("bar_re_kpc", "f8"), ("bar_q", "f8"),
-        ("bar_n", "f8"), ("bar_angle_deg", "f8"),
-        ("has_arms", "?"), ("n_arms", "i8"), ("arm_pitch_deg", "f8"), ("arm_amp", "f8"),
-        ("arm_sharpness", "f8"), ("arm_phase_deg", "f8"),
-        ("bulge_g_r", "f8"), ("bulge_r_i", "f8"), ("disk_g_r", "f8"), ("disk_r_i", "f8"),
-        ("knot_g_r", "f8"), ("knot_r_i", "f8"), ("bar_g_r", "f8"), ("bar_r_i", "f8"),
-    ]
-)
-"""Fields of a catalog (one row per galaxy); units as in the module docstring."""
-
-
-def mag_to_flux(mag):
-    """Linear flux [HSC coadd units] of an AB magnitude: ``10**(-0.4 (mag - 27))``."""
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - ZERO_POINT))
-
-
-def flux_to_mag(flux):
-    """AB magnitude of a linear flux [HSC coadd units]: ``27 - 2.5 log10(flux)``."""
-    return ZERO_POINT - 2.5 * np.log10(np.asarray(flux, dtype=np.float64))
-
-
-def _band_weights(g_r, r_i) -> np.ndarray:
-    """Flux in (g, r, i) per unit i-band flux for colours g - r, r - i [mag]."""
-    f_r = 10.0 ** (-0.4 * np.asarray(r_i, dtype=np.float64))
-    f_g = f_r * 10.0 ** (-0.4 * np.asarray(g_r, dtype=np.float64))
-    return np.stack([f_g, f_r, np.ones_like(f_r)], axis=-1)
-
-
-def _component_fluxes(p) -> dict[str, float]:
-    """i-band flux [HSC units] of each component of one catalog row."""
-    f_i = float(mag_to_flux(p["i_mag"]))
-    bulge = float(p["bulge_frac"]) * f_i
-    bar = float(p["bar_frac"]) * f_i if p["has_bar"] else 0.0
-    knots = float(p["knot_frac"]) * f_i
-    disk = f_i - bulge - bar - knots
-    return {"bulge": bulge, "disk": disk, "knots": knots, "bar": bar}
-
-
-def sample_params(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Draw ``n`` galaxies' parameters from the documented distributions.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-        Seeded generator (all randomness, including the knots' GalSim seed, comes from it).
-    n : int
-        Number of galaxies (>= 0).
-
-    Returns
-    -------
-    numpy structured array of dtype :data:`CATALOG_DTYPE`, shape ``(n,)``. Sizes in kpc,
-    angles in degrees, magnitudes/colours in AB mag, fluxes in HSC coadd units.
-    """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if int(n) != n or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    n = int(n)
-    c = np.zeros(n, dtype=CATALOG_DTYPE)
-    c["i_mag"] = rng.uniform(17.5, 21.0, n)
-    c["disk_re_kpc"] = np.clip(DISK_RE_MEDIAN_KPC * np.exp(0.35 * rng.standard_normal(n)), 1.0, 6.0)
-    c["disk_h_over_r"] = rng.uniform(0.08, 0.15, n)
-    bt = rng.beta(1.0, 2.5, n)
-    c["bulge_frac"] = bt
-    bre = BULGE_RE_MEDIAN_KPC * np.exp(0.4 * rng.standard_normal(n))
-    c["bulge_re_kpc"] = np.clip(bre, 0.3, np.minimum(3.0, 0.8 * c["disk_re_kpc"]))
-    c["bulge_n"] = BULGE_N_GRID[rng.integers(0, len(BULGE_N_GRID), n)]
-    c["bulge_q0"] = rng.uniform(0.6, 0.9, n)
-    c["cos_i"] = rng.uniform(0.0, 1.0, n)
-    c["inclination_deg"] = np.degrees(np.arccos(c["cos_i"]))
-    c["pa_deg"] = rng.uniform(0.0, 180.0, n)
-    c["knot_frac"] = rng.uniform(0.03, 0.2, n) * (1.0 - bt)
-    c["n_knots"] = rng.integers(10, 61, n)
-    c["knot_seed"] = rng.integers(1, 2**31 - 1, n)
-    # Bar: only where a disk dominates enough.
-    c["has_bar"] = (rng.uniform(size=n) < 0.3) & (bt < 0.6)
-    bar_frac = rng.uniform(0.05, 0.15, n)
-    c["bar_frac"] = np.where(c["has_bar"], bar_frac, 0.0)
-    c["bar_re_kpc"] = rng.uniform(0.4, 0.8, n) * c["disk_re_kpc"]
-    c["bar_q"] = rng.uniform(0.2, 0.35, n)
-    c["bar_n"] = np.where(rng.uniform(size=n) < 0.5, 0.5, 1.0)
-    c["bar_angle_deg"] = rng.uniform(0.0, 180.0, n)
-    # Spiral arms: likelier in disk-dominated galaxies.
-    p_arms = np.where(bt < 0.5, 0.6, np.where(bt < 0.7, 0.2, 0.0))
-    c["has_arms"] = rng.uniform(size=n) < p_arms
-    c["n_arms"] = rng.choice([2, 3, 4], size=n, p=[0.7, 0.2, 0.1])
-    c["arm_pitch_deg"] = rng.uniform(10.0, 30.0, n)
-    c["arm_amp"] = rng.uniform(0.3, 0.9, n)
-    c["arm_sharpness"] = rng.uniform(1.0, 4.0, n)
-    c["arm_phase_deg"] = rng.uniform(0.0, 360.0, n)
-    # Colours: bulge red, disk bluer, knots bluest, bar between bulge and disk.
-    c["bulge_g_r"] = np.clip(rng.normal(0.85, 0.06, n), 0.65, 1.05)
-    c["bulge_r_i"] = rng.normal(0.40, 0.04, n)
-    c["disk_g_r"] = c["bulge_g_r"] - rng.uniform(0.20, 0.45, n)
-    c["disk_r_i"] = c["bulge_r_i"] - rng.uniform(0.08, 0.20, n)
-    c["knot_g_r"] = c["disk_g_r"] - rng.uniform(0.20, 0.40, n)
-    c["knot_r_i"] = c["disk_r_i"] - rng.uniform(0.05, 0.15, n)
-    c["bar_g_r"] = c["bulge_g_r"] - 0.05
-    c["bar_r_i"] = c["bulge_r_i"] - 0.02
-    _fill_totals(c)
-    return c
-
-
-def _fill_totals(c: np.ndarray) -> None:
-    """Set total fluxes ``flux_g/r/i`` and colours ``g_r``, ``r_i`` from the components."""
-    f_i = mag_to_flux(c["i_mag"])
-    bulge = c["bulge_frac"] * f_i
-    bar = np.where(c["has_bar"], c["bar_frac"], 0.0) * f_i
-    knots = c["knot_frac"] * f_i
-    disk = f_i - bulge - bar - knots
-    if np.any(disk < 0):
-        bad = np.flatnonzero(disk < 0)
-        raise ValueError(f"bulge_frac + bar_frac + knot_frac exceeds 1 for rows {bad.tolist()}")
-    tot = (
-        bulge[:, None] * _band_weights(c["bulge_g_r"], c["bulge_r_i"])
-        + disk[:, None] * _band_weights(c["disk_g_r"], c["disk_r_i"])
-        + knots[:, None] * _band_weights(c["knot_g_r"], c["knot_r_i"])
-        + bar[:, None] * _band_weights(c["bar_g_r"], c["bar_r_i"])
-    )
-    c["flux_g"], c["flux_r"], c["flux_i"] = tot[:, 0], tot[:, 1], tot[:, 2]
-    c["g_r"] = -2.5 * np.log10(tot[:, 0] / tot[:, 1])
-    c["r_i"] = -2.5 * np.log10(tot[:, 1] / tot[:, 2])
-
 
 def _pixel_coords(profile: Profile) -> tuple[np.ndarray, np.ndarray]:
     """Offsets (x, y) [kpc] of the pixel centres from the image centre, shape (H, W)."""
@@ -310,7 +135,7 @@ def draw_components(params, profile: str | Profile) -> dict[str, np.ndarray]:
     profile = get_profile(profile)
     p = params
     n, scale = profile.image_size, profile.pixel_scale_kpc
-    fl = _component_fluxes(p)
+    fl = component_fluxes(p)
     pa = float(p["pa_deg"]) * galsim.degrees
     cos_i = float(p["cos_i"])
     out = {k: np.zeros((n, n)) for k in ("bulge", "disk", "knots", "bar")}
@@ -368,7 +193,7 @@ def draw_galaxy(params, profile: str | Profile) -> np.ndarray:
     comps = draw_components(params, profile)
     image = np.zeros((len(BANDS),) + comps["disk"].shape)
     for name in comps:
-        w = _band_weights(params[f"{'knot' if name == 'knots' else name}_g_r"],
+        w = band_weights(params[f"{'knot' if name == 'knots' else name}_g_r"],
                           params[f"{'knot' if name == 'knots' else name}_r_i"])
         image += w[:, None, None] * comps[name][None]
     return np.maximum(image, 0.0).astype(np.float32)  # FFT ringing can leave ~1e-9 negatives
@@ -515,32 +340,7 @@ def build_dataset(
     path = dataset_path(profile, inputs, split)
 
     def build(tmp: Path) -> None:
-        from tqdm.auto import tqdm
-
-        shape = (n, len(BANDS), profile.image_size, profile.image_size)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        tasks = [(profile, seed, split, k, m) for k, m in enumerate(sizes)]
-        bar = tqdm(total=n, desc=f"galaxies {profile.name}/{split}", unit="img")
-        pool = None
-        try:
-            if workers == 1:
-                results = map(_draw_chunk, tasks)
-            else:
-                method = "fork" if sys.platform.startswith("linux") else "spawn"
-                pool = mp.get_context(method).Pool(workers)
-                results = pool.imap(_draw_chunk, tasks)
-            start = 0
-            for chunk in results:
-                out[start:start + len(chunk)] = chunk
-                start += len(chunk)
-                bar.update(len(chunk))
-            out.flush()
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-            del out
+        _draw_dataset(tmp, profile, seed, split, sizes, workers)
 
     cache.cached(path, inputs, build, force=force, what=f"galaxies {profile.name}/{split} (n={n})")
     manifest = cache.read_manifest(path)
@@ -554,3 +354,35 @@ def build_dataset(
         manifest_hash=manifest["inputs_hash"],
         path=path,
     )
+
+
+def _draw_dataset(tmp: Path, profile: Profile, seed: int, split: str, sizes: list[int], workers: int) -> None:
+    """Draw the chunks of ``sizes`` galaxies into a float32 ``.npy`` memory map at ``tmp``,
+    with ``workers`` processes (chunks are independent, so the result does not depend on it)."""
+    from tqdm.auto import tqdm
+
+    n = sum(sizes)
+    shape = (n, len(BANDS), profile.image_size, profile.image_size)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    tasks = [(profile, seed, split, k, m) for k, m in enumerate(sizes)]
+    bar = tqdm(total=n, desc=f"galaxies {profile.name}/{split}", unit="img")
+    pool = None
+    try:
+        if workers == 1:
+            results = map(_draw_chunk, tasks)
+        else:
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            pool = mp.get_context(method).Pool(workers)
+            results = pool.imap(_draw_chunk, tasks)
+        start = 0
+        for chunk in results:
+            out[start:start + len(chunk)] = chunk
+            start += len(chunk)
+            bar.update(len(chunk))
+        out.flush()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        del out

@@ -7,6 +7,19 @@ prior space to observation flux. The result is an :class:`InverseProblem`;
 :func:`prepare_target` does it for a real HSC target and :func:`from_mock` for a
 :class:`diffdecon.mock.MockObservation`.
 
+**Window.** Its side is ``n = ceil(m(z, p)) + 2 margin`` (:func:`cosmology.window_side`) and
+it starts at the pixel that puts its centre nearest to the galaxy; the sub-pixel remainder
+(at most half a pixel per axis) becomes the forward model's ``center_offset``, so the model
+field is centred exactly on the galaxy.
+
+**Flux scale.** ``s = sum_{bands, window}(y) / profile.flux_norm`` [flux units]. The PSF
+convolution (unit-sum kernels) and the area-weighted resampling f_{z,p} both preserve total
+flux, so a model image ``s * unstretch(x)`` whose normalised flux sums to ``flux_norm``
+predicts the observed total flux. Caveats: flux of the galaxy outside the window is missed,
+flux of neighbours inside it is included, and the sum carries noise ``sigma sqrt(n^2)`` per
+band; the prior's normalisation adapts only through the sample's own total, which is free
+to differ from ``flux_norm``.
+
 Units: observations ``y`` and noise ``sigma`` in HSC coadd flux per HSC pixel
 (:mod:`diffdecon.units`); model images in the same flux units per model pixel; prior space
 ``x`` dimensionless (``docs/design.md``, "Prior space").
@@ -106,6 +119,11 @@ class InverseProblem:
         return self.operator.A(self.to_flux(x))
 
 
+def _place_window(n: int, shape: tuple[int, int], x: float, y: float, name: str) -> tuple[int, int, int]:
+    """``(row0, col0, n)`` of the window of side ``n`` whose centre is nearest to (x, y) [px]."""
+    return _window_start(y, n, shape[0], "y", name), _window_start(x, n, shape[1], "x", name), n
+
+
 def _window_start(center: float, n: int, length: int, axis: str, name: str) -> int:
     """First pixel of a window of side ``n`` centred (to the nearest pixel) on ``center``."""
     start = int(round(center - (n - 1) / 2))
@@ -118,23 +136,12 @@ def _window_start(center: float, n: int, length: int, axis: str, name: str) -> i
     return start
 
 
-def prepare_observation(
-    images: np.ndarray | Sequence[np.ndarray],
-    psfs: np.ndarray | Sequence[np.ndarray],
-    z: float,
-    profile: Profile | str,
-    center_xy: tuple[float, float],
-    pixel_scale_arcsec: float = HSC_PIXEL_SCALE,
-    *,
-    wcs: Any = None,
-    name: str = "observation",
-    source: str = "",
-    margin: int = WINDOW_MARGIN,
-    ra: float | None = None,
-    dec: float | None = None,
-    dtype: torch.dtype = torch.float32,
-    sigma: Sequence[float] | None = None,
-) -> InverseProblem:
+def prepare_observation(images: np.ndarray | Sequence[np.ndarray], psfs: np.ndarray | Sequence[np.ndarray], z: float,
+                        profile: Profile | str, center_xy: tuple[float, float],
+                        pixel_scale_arcsec: float = HSC_PIXEL_SCALE, *, wcs: Any = None, name: str = "observation",
+                        source: str = "", margin: int = WINDOW_MARGIN, ra: float | None = None,
+                        dec: float | None = None, dtype: torch.dtype = torch.float32,
+                        sigma: Sequence[float] | None = None) -> InverseProblem:
     """Build the :class:`InverseProblem` of a three-band image (the work of :func:`prepare_target`).
 
     Parameters
@@ -160,34 +167,18 @@ def prepare_observation(
         ``noise_sigma``); default :func:`background.estimate_noise_sigma` of the full
         cutout (3-sigma clipping, sources masked).
 
-    The window has side ``n = ceil(m(z, p)) + 2 margin`` (:func:`cosmology.window_side`) and
-    starts at the pixel that puts its centre nearest to the galaxy; the sub-pixel remainder
-    (at most half a pixel per axis) becomes the forward model's ``center_offset``, so the
-    model field is centred exactly on ``center_xy``. Per band, the background
-    (:func:`background.background_level`) is subtracted from ``y``.
+    The window and the flux scale are described in the module docstring; per band, the
+    background (:func:`background.background_level`) is subtracted from ``y``.
 
-    Flux scale: ``s = sum_{bands, window}(y) / profile.flux_norm`` [flux units]. The PSF
-    convolution (unit-sum kernels) and the area-weighted resampling f_{z,p} both preserve
-    total flux, so a model image ``s * unstretch(x)`` whose normalised flux sums to
-    ``flux_norm`` predicts the observed total flux. Caveats: flux of the galaxy outside the
-    window is missed, flux of neighbours inside it is included, and the sum carries noise
-    ``sigma sqrt(n^2)`` per band; the prior's normalisation adapts only through the sample's
-    own total, which is free to differ from ``flux_norm``.
-
-    Raises
-    ------
-    ValueError
-        Shapes that disagree, non-finite pixels, a z that is not > 0 or gives
-        m(z, p) < physics.MIN_OBSERVED_SIZE, a window that does not fit, or a window whose
-        background-subtracted total flux is not positive.
+    Raises ``ValueError`` for shapes that disagree, non-finite pixels, a z that is not > 0
+    or gives m(z, p) < physics.MIN_OBSERVED_SIZE, a window that does not fit, or a window
+    whose background-subtracted total flux is not positive.
     """
     P = get_profile(profile)
     images, psfs = _checked_bands(images, psfs, P, name)
     m = physics.observed_size(z, P.image_size, P.pixel_scale_kpc, pixel_scale_arcsec)
-    n = window_side(m, margin)
     x, yc = (float(v) for v in center_xy)
-    col0 = _window_start(x, n, images.shape[2], "x", name)
-    row0 = _window_start(yc, n, images.shape[1], "y", name)
+    row0, col0, n = _place_window(window_side(m, margin), images.shape[1:], x, yc, name)
     # Offset of the galaxy from the window's geometric centre, (n - 1) / 2 [obs px].
     dy, dx = yc - (row0 + (n - 1) / 2), x - (col0 + (n - 1) / 2)
     if sigma is None:

@@ -262,24 +262,10 @@ class SweepResult:
     results: list = field(default_factory=list)
 
 
-def redshift_sweep(
-    flux,
-    zs: Sequence[float],
-    profile: Profile | str,
-    prior,
-    reference,
-    *,
-    dimming: bool = False,
-    z_ref: float | None = None,
-    sampler: str = "mmps",
-    n: int | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    prior_samples: torch.Tensor | None = None,
-    progress: bool = True,
-    on_divergence: str = "raise",
-    **sampler_kwargs: Any,
-) -> SweepResult:
+def redshift_sweep(flux, zs: Sequence[float], profile: Profile | str, prior, reference, *, dimming: bool = False,
+                   z_ref: float | None = None, sampler: str = "mmps", n: int | None = None, steps: int | None = None,
+                   seed: int = 0, prior_samples: torch.Tensor | None = None, progress: bool = True,
+                   on_divergence: str = "raise", **sampler_kwargs: Any) -> SweepResult:
     """The same idealized galaxy observed at each redshift in ``zs`` (e.g. 0.1 to 1.0).
 
     Parameters
@@ -302,12 +288,9 @@ def redshift_sweep(
     seed : int
         Seeds the noise of mock i with ``seed + i`` and its posterior with ``seed + 1000 + i``.
     on_divergence : {"raise", "nan"}
-        What a diverged sampler (:class:`diffdecon.errors.DivergenceError`) does: ``"raise"`` (default) re-raises; ``"nan"`` prints it, records NaN variance
-        ratio and chi^2 at that z (``results`` holds None there) and goes on.
-
-    Returns
-    -------
-    SweepResult
+        What a diverged sampler (:class:`diffdecon.errors.DivergenceError`) does: ``"raise"``
+        (default) re-raises; ``"nan"`` prints it, records NaN variance ratio and chi^2 at that
+        z (``results`` holds None there) and goes on.
     """
     P = get_profile(profile)
     if on_divergence not in ("raise", "nan"):

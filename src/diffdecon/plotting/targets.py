@@ -42,47 +42,53 @@ def hsc_target_figure(rows, profile: str, title: str = "HSC targets"):
     fig, axes = plt.subplots(len(rows), len(heads), figsize=(1.75 * len(heads), 1.95 * len(rows) + 0.4),
                              squeeze=False)
     for r, row in enumerate(rows):
-        top = r == 0
-        _rgb_panel(axes[r, 0], row["y"], auto_stretch(row["y"]), heads[0] if top else None)
+        titles = heads if r == 0 else [None] * len(heads)
+        _rgb_panel(axes[r, 0], row["y"], auto_stretch(row["y"]), titles[0])
         axes[r, 0].set_ylabel(row.get("title", ""), fontsize=7)
         if row.get("mean") is None:
             for c in range(1, 6):
-                _blank_panel(axes[r, c], "sampler diverged:\nno posterior", heads[c] if top else None)
+                _blank_panel(axes[r, c], "sampler diverged:\nno posterior", titles[c])
         else:
-            s_mod = auto_stretch(row["mean"])
-            _rgb_panel(axes[r, 1], row["mean"], s_mod, heads[1] if top else None)
-            samples = row["samples"]
-            for k in range(2):
-                _rgb_panel(axes[r, 2 + k], samples[k], s_mod, heads[2 + k] if top else None)
-            std_i = to_numpy(row["std"])[-1]
-            axes[r, 4].imshow(std_i, origin="lower", cmap="viridis")
-            vr = to_numpy(row["variance_ratio"])
-            axes[r, 5].imshow(vr, origin="lower", cmap="magma", vmin=0, vmax=max(1.0, float(np.nanmax(vr))))
-            h, w = vr.shape
-            axes[r, 5].add_patch(plt.Circle(((w - 1) / 2, (h - 1) / 2), row["aperture_radius_px"], fill=False,
-                                            color="cyan", lw=0.8))
-            axes[r, 5].set_xlabel(f"aperture {row['variance_ratio_aperture']:.3f}", fontsize=7)
-            for c in (4, 5):
-                axes[r, c].set_xticks([])
-                axes[r, c].set_yticks([])
-                if top:
-                    axes[r, c].set_title(heads[c], fontsize=7)
+            _posterior_panels(axes[r, 1:6], row, titles[1:6])
         if row.get("hst") is None:
-            _blank_panel(axes[r, 6], "no HST for this target", heads[6] if top else None)
+            _blank_panel(axes[r, 6], "no HST for this target", titles[6])
         else:
             hst = to_numpy(row["hst"])
             finite = hst[np.isfinite(hst)]
             vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
             axes[r, 6].imshow(np.arcsinh(hst / (0.05 * vmax)), origin="lower", cmap="gray_r")
-            axes[r, 6].set_xticks([])
-            axes[r, 6].set_yticks([])
-            if top:
-                axes[r, 6].set_title(heads[6], fontsize=7)
+            _bare(axes[r, 6], titles[6])
         if row.get("error"):
             axes[r, 1].set_xlabel("DIVERGED", fontsize=7, color="crimson")
     fig.suptitle(f"{title} [profile {profile}]", fontsize=10)
     fig.subplots_adjust(wspace=0.05, hspace=0.15)
     return fig
+
+
+def _posterior_panels(axes, row, titles) -> None:
+    """Posterior mean, two samples (RGB, one stretch set by the mean), std of the i band and
+    the variance-ratio map with its aperture, on five axes."""
+    s_mod = auto_stretch(row["mean"])
+    _rgb_panel(axes[0], row["mean"], s_mod, titles[0])
+    for k in range(2):
+        _rgb_panel(axes[1 + k], row["samples"][k], s_mod, titles[1 + k])
+    axes[3].imshow(to_numpy(row["std"])[-1], origin="lower", cmap="viridis")
+    vr = to_numpy(row["variance_ratio"])
+    axes[4].imshow(vr, origin="lower", cmap="magma", vmin=0, vmax=max(1.0, float(np.nanmax(vr))))
+    h, w = vr.shape
+    axes[4].add_patch(plt.Circle(((w - 1) / 2, (h - 1) / 2), row["aperture_radius_px"], fill=False, color="cyan",
+                                 lw=0.8))
+    axes[4].set_xlabel(f"aperture {row['variance_ratio_aperture']:.3f}", fontsize=7)
+    for ax, title in zip(axes[3:5], titles[3:5]):
+        _bare(ax, title)
+
+
+def _bare(ax, title: str | None) -> None:
+    """No ticks; the column title on the first row."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
 
 
 def redshift_sweep_figure(z, m, upsampling, vr_aperture, *, profile: str, source: str, factor: float = 2.0,
