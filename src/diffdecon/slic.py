@@ -16,16 +16,27 @@ stationary part plus a learned correction for everything else (cosmic rays),
 ``N`` the circulant covariance whose power spectrum is estimated from the cutouts with
 pixels beyond 5 robust (MAD) sigma set to zero [e-^2], ``c_tau^2 = mean(N) + tau^2 mean(K)``.
 
-Sampler (:func:`sample`): moment-matching posterior steps (as ``samplers.mmps``) with the
-Gaussian likelihood score replaced by a noise score. With ``D(x_t)`` Tweedie's denoiser,
-``J`` its Jacobian, ``c_t = (1 - abar_t)/sqrt(abar_t)`` and ``F_e = A_e o to_flux``
-linearised at D, the residual ``r_e = y_e - F_e(D)`` is noise plus the denoiser error of
-covariance ``c_t F_e J F_e^T``, approximated by ``tau_t^2 K`` with ``tau_t^2`` matched in
-trace (Hutchinson probes). Summed over exposures,
+Sampler (:func:`sample`): moment-matching posterior steps (as ``samplers.mmps``) with a
+noise score in the likelihood. With ``D(x_t)`` Tweedie's denoiser, ``J`` its Jacobian,
+``c_t = (1 - abar_t)/sqrt(abar_t)`` and ``F = A o to_flux`` (all exposures stacked)
+linearised at D, the residual ``r = y - F(D)`` is noise plus the denoiser error of
+covariance ``S_t = c_t F J F^T``. The SLIC likelihood score is ``-c_t J^T F^T s(r, tau_t)``
+summed over the exposures, with ``tau_t^2 K`` standing for ``S_t`` (``tau_t^2`` matched in
+trace by Hutchinson probes):
 
-    x0_post = D - c_t J^T sum_e F_e^T s(r_e, tau_t),                              (3)
+    x0_post = D - c_t J^T sum_e F_e^T s(r_e, tau_t).                              (3)
 
-and a DDIM step follows. ``s`` is the learned ``s_phi`` (SLIC) or the analytic Gaussian
+Used as it stands, eq. (3) diverged in the first steps with the asinh-stretched prior: the
+circulant ``tau^2 K`` underestimates ``S_t`` in the directions of the bright pixels, where
+the stretch's Jacobian is large, and the update overshoots there. We therefore turn the
+score into the residual its Gaussian part would explain, ``r_eff = -(N + tau^2 K) s(r, tau)``
+(two FFTs; ``r_eff = r`` exactly for a Gaussian score), and solve with the exact
+moment-matched covariance by conjugate gradients as MMPS does:
+
+    x0_post = D + c_t J^T F^T (N + S_t)^-1 r_eff.                                 (4)
+
+For Gaussian noise eq. (4) is MMPS with noise covariance N; where ``N + tau^2 K`` equals
+``N + S_t`` it is eq. (3). ``s`` is the learned ``s_phi`` (SLIC) or the analytic Gaussian
 score ``-(C + tau^2 K)^-1 r`` (:class:`GaussianNoiseScore`): one code path.
 """
 
@@ -41,7 +52,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import cache
-from .samplers import _alphas_cumprod, _check_generator, _clip, _ddim_step, _Divergence, _randn, _time_batch, timesteps
+from .samplers import _alphas_cumprod, _cg, _check_generator, _clip, _ddim_step, _Divergence, _randn, _time_batch, timesteps
 
 __all__ = ["KERNEL_REGULARIZATION", "check_cutouts", "GaussianNoiseScore", "NoiseScoreNet", "dsm_loss",
            "train_noise_score", "robust_power_spectrum", "load_noise_score", "sample", "likelihood_x0"]
@@ -90,6 +101,10 @@ class GaussianNoiseScore(nn.Module):
         self.register_buffer("background_ps", torch.as_tensor(background_ps, dtype=torch.float64))
         self.register_buffer("kernel_ps", torch.as_tensor(kernel_ps, dtype=torch.float64))
 
+    def covariance_ps(self, tau: torch.Tensor) -> torch.Tensor:
+        """Spectrum of C + tau^2 K, (B, 1, M, M) [e-^2]."""
+        return self.background_ps + tau.double().view(-1, 1, 1, 1) ** 2 * self.kernel_ps
+
     def forward(self, eta: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         tau2 = tau.to(eta.dtype).reshape(-1, *[1] * (eta.ndim - 1)) ** 2
         return -_fft_apply(eta, 1.0 / (self.background_ps.to(eta.dtype) + tau2 * self.kernel_ps.to(eta.dtype)))
@@ -124,6 +139,10 @@ class NoiseScoreNet(nn.Module):
         """What a checkpoint must match: exposure size, kernel spectrum, noise scale, width."""
         return {"M": self.M, "kernel_sha": cache.hash_inputs({"k": [round(float(v), 6) for v in self.kernel_ps.flatten()]}),
                 "sigma_w": round(self.sigma_w, 6), "width": self.width}
+
+    def covariance_ps(self, tau: torch.Tensor) -> torch.Tensor:
+        """Spectrum of the Gaussian part N + tau^2 K of eq. (2), (B, 1, M, M) [e-^2]."""
+        return self.noise_ps.double() + tau.double().view(-1, 1, 1, 1) ** 2 * self.kernel_ps.double()
 
     def tau_bounds(self) -> tuple[float, float]:
         """Training range of tau [e-], see :data:`TAU_RANGE`."""
@@ -233,14 +252,16 @@ def load_noise_score(path, M: int, kernel_ps) -> NoiseScoreNet:
 # ------------------------------------------------------------------ sampler
 
 
-def likelihood_x0(prior, x_t, t: int, y, operators, to_flux: Callable, noise_score, generator, n_probes: int = 1,
-                  x0_clip=None):
-    """Posterior denoiser of eq. (3) at one time; returns (x0_post, D, tau) detached.
+def likelihood_x0(prior, x_t, t: int, y, operators, to_flux: Callable, noise_score, generator, cg_iters: int = 2,
+                  n_probes: int = 1, x0_clip=None):
+    """Posterior denoiser of eq. (4) at one time; returns (x0_post, D, tau) detached.
 
-    ``y`` (E, M, M) exposures [e-]; ``operators.A``: model flux (B, N, N) -> (B, E, M, M);
+    ``y`` (1, E, M, M) exposures [e-]; ``operators.A``: model flux (B, N, N) -> (B, E, M, M);
     ``to_flux``: prior space (B, C, H, W) -> model flux (B, N, N) [e-]; ``noise_score(r, tau)``
-    with r (B, E, M, M) [e-] and tau (B,) [e-] returns the score [1/e-] and has ``kernel_ps``.
-    ``tau^2 = c_t <v, F J F^T v> / (E M^2 mean K)`` with ``n_probes`` Rademacher probes v."""
+    with r (B, E, M, M) [e-] and tau (B,) [e-] returns the score [1/e-], and
+    ``noise_score.covariance_ps(tau)`` the spectrum of its Gaussian part N + tau^2 K.
+    ``tau^2 = c_t <v, F J F^T v> / (E M^2 mean K)`` with ``n_probes`` Rademacher probes v; the
+    system of eq. (4) is solved with ``cg_iters`` conjugate-gradient iterations, whitened by N."""
     a = float(_alphas_cumprod(prior)[t])
     c = (1.0 - a) / a**0.5  # sigma_t^2 / alpha_t
     x = x_t.detach().requires_grad_(True)
@@ -263,20 +284,25 @@ def likelihood_x0(prior, x_t, t: int, y, operators, to_flux: Callable, noise_sco
         for _ in range(n_probes):  # Hutchinson: E[v^T F J F^T v] = tr(F J F^T)
             v = (torch.randint(0, 2, AD.shape, generator=generator, device=generator.device) * 2 - 1).to(AD)
             quad += (v * jvp_F(vjp_D(vjp_F(v)))).flatten(1).sum(1).double() / n_probes
-        m = AD[0].numel()
-        tau2 = (c * quad / m / float(noise_score.kernel_ps.mean())).clamp_min(0.0)
-        s = noise_score(r, tau2.sqrt().to(r.dtype))
-        x0_post = _clip(D.detach() - c * vjp_D(vjp_F(s.to(AD.dtype))), x0_clip)  # eq. (3)
-    return x0_post.detach(), D.detach(), tau2.sqrt()
+        tau = (c * quad / AD[0].numel() / float(noise_score.kernel_ps.mean())).clamp_min(0.0).sqrt().to(r.dtype)
+        r_eff = -_fft_apply(noise_score(r, tau), noise_score.covariance_ps(tau).to(r.dtype))  # eq. (4), right
+        n_isqrt = noise_score.covariance_ps(torch.zeros_like(tau)).to(r.dtype).rsqrt()  # N^-1/2
+
+        def matvec(w):  # N^-1/2 (N + c F J F^T) N^-1/2 w
+            return w + c * _fft_apply(jvp_F(vjp_D(vjp_F(_fft_apply(w, n_isqrt)))), n_isqrt)
+
+        u = _fft_apply(_cg(matvec, _fft_apply(r_eff, n_isqrt), cg_iters), n_isqrt)
+        x0_post = _clip(D.detach() + c * vjp_D(vjp_F(u)), x0_clip)  # eq. (4), left
+    return x0_post.detach(), D.detach(), tau
 
 
 def sample(prior, y, operators, to_flux: Callable, noise_score, generator: torch.Generator, n: int, steps: int = 20,
-           eta: float = 1.0, n_probes: int = 1, shape=None, x0_clip=None, on_divergence: str = "raise",
+           cg_iters: int = 2, eta: float = 1.0, n_probes: int = 1, shape=None, x0_clip=None, on_divergence: str = "raise",
            max_abs: float = 1e6, progress: bool = True):
     """Posterior samples (n, C, H, W) [prior space] under the likelihood of ``noise_score``.
 
     A pure function of (prior, observations ``y`` (E, M, M) [e-], ``operators``, ``to_flux``,
-    noise score, generator): eq. (3) then a DDIM step (``eta = 1``: ancestral) on ``steps``
+    noise score, generator): eq. (4) then a DDIM step (``eta = 1``: ancestral) on ``steps``
     respaced times. ``noise_score`` is a :class:`NoiseScoreNet` (SLIC) or a
     :class:`GaussianNoiseScore`; everything else is shared. See :func:`samplers.mmps` for
     ``shape``, ``x0_clip``, ``on_divergence`` and ``max_abs``.
@@ -285,6 +311,8 @@ def sample(prior, y, operators, to_flux: Callable, noise_score, generator: torch
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}; accepted: a positive int")
+    if not isinstance(cg_iters, int) or cg_iters < 1:
+        raise ValueError(f"cg_iters={cg_iters!r}; accepted: a positive int")
     if not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes={n_probes!r}; accepted: a positive int")
     if not isinstance(generator, torch.Generator):
@@ -302,7 +330,8 @@ def sample(prior, y, operators, to_flux: Callable, noise_score, generator: torch
     x = _randn((n, C, H, W), generator, dtype, device)
     div = _Divergence(n, on_divergence, "slic", max_abs, device)
     for i, t in enumerate(tqdm(ts.tolist(), desc="slic", disable=not progress, leave=False)):
-        x0_post, _, _ = likelihood_x0(prior, x, t, y[None], operators, to_flux, noise_score, generator, n_probes, x0_clip)
+        x0_post, _, _ = likelihood_x0(prior, x, t, y[None], operators, to_flux, noise_score, generator, cg_iters,
+                                      n_probes, x0_clip)
         z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
         x = div.check(_ddim_step(x, x0_post, float(a_t[i]), float(a_prev[i]), z, eta), i, t)
     return div.finish(x.detach())

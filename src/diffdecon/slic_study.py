@@ -1,0 +1,220 @@
+"""The SLIC study of notebook 07: truths, dithered exposures, both likelihoods, metrics.
+
+Set-up (all stated, none measured on real exposures):
+
+* **Prior and pixel scale.** The committed prior of the profile (3 bands) is used through
+  its i band: a sample ``x`` (3, N, N) maps to model flux ``scale * unstretch(x_i)`` [e- per
+  model px]; g and r are sampled jointly but unconstrained by the data. We assign the
+  model grid :data:`MODEL_PIXEL_SCALE` = 0.025 arcsec/px, half the ACS/WFC exposure pixel
+  (0.05 arcsec/px): upsampling 2. The prior's kpc scale is not used (the galaxies are
+  shapes on a pixel grid here).
+* **Exposures.** :data:`N_EXPOSURES` = 4 dithered exposures of ``N/2 - 4`` px (inside the model
+  field for every dither), ACS-like PSF (Airy, 2.4 m, 814 nm, obscuration 0.33, with a
+  0.03 arcsec Gaussian jitter) 4x supersampled, noise of :class:`diffdecon.noise.NoiseModel`.
+* **Truths.** Synthetic test galaxies of the profile (i band) and real HST ACS F814W
+  galaxies (0.03 arcsec/px), background-subtracted, cropped and rebinned (flux conserving)
+  so that their half-light radius equals the median one of the synthetic test galaxies:
+  real morphologies placed on the model grid, not their true angular size. Every truth
+  is scaled to i = :data:`TRUTH_MAG` (AB, zero point :data:`ACS_F814W_ZP`).
+* **Sharper reference.** The truth through a JWST-like PSF (Airy, 6.5 m, 1.15 um,
+  obscuration 0.11) on the model grid with :data:`REFERENCE_NOISE_FRACTION` of the
+  exposures' noise: simulated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import calibration, metrics, paths
+from .exposures import ExposureSet, default_dithers
+from .noise import NoiseModel
+from .physics import rebin_matrix
+from .prior import unstretch
+
+MODEL_PIXEL_SCALE = 0.025  # [arcsec/px] assigned to the prior's grid
+EXPOSURE_PIXEL_SCALE = 0.05  # [arcsec/px] ACS/WFC
+PSF_OVERSAMPLING = 4
+PSF_SIZE = 25  # [supersampled px], odd
+N_EXPOSURES = 4
+TRUTH_MAG = 22.0  # i-band AB magnitude of every truth
+ACS_F814W_ZP = 25.94  # AB magnitude giving 1 e-/s (ACS/WFC F814W, approximate)
+REFERENCE_NOISE_FRACTION = 0.1  # noise of the sharper reference relative to one exposure
+I_BAND = 2
+
+
+def acs_like_psf(oversampling: int = PSF_OVERSAMPLING, size: int = PSF_SIZE) -> np.ndarray:
+    """ACS-like PSF (size, size) on a grid ``oversampling`` times finer than 0.05 arcsec, unit sum."""
+    import galsim
+
+    psf = galsim.Convolve(galsim.Airy(lam=814.0, diam=2.4, obscuration=0.33, scale_unit=galsim.arcsec),
+                          galsim.Gaussian(fwhm=0.03))
+    img = psf.drawImage(nx=size, ny=size, scale=EXPOSURE_PIXEL_SCALE / oversampling).array
+    return img / img.sum()
+
+
+def jwst_like_psf(size: int = 15) -> np.ndarray:
+    """JWST-like PSF (size, size) on the model grid (0.025 arcsec/px), unit sum."""
+    import galsim
+
+    psf = galsim.Airy(lam=1150.0, diam=6.5, obscuration=0.11, scale_unit=galsim.arcsec)
+    img = psf.drawImage(nx=size, ny=size, scale=MODEL_PIXEL_SCALE).array
+    return img / img.sum()
+
+
+def exposure_set(N: int, distortion: float = 0.02) -> ExposureSet:
+    """The 4 dithered exposures of an N px model grid (side N/2 - 4 exposure px)."""
+    return ExposureSet.dithered(acs_like_psf(), PSF_OVERSAMPLING, N // 2 - 4, N, MODEL_PIXEL_SCALE,
+                                default_dithers(N_EXPOSURES, EXPOSURE_PIXEL_SCALE, 0.3, distortion))
+
+
+def total_electrons(noise: NoiseModel, mag: float = TRUTH_MAG) -> float:
+    """Electrons of an i = ``mag`` source in one exposure: 10^(0.4 (ZP - mag)) t [e-]."""
+    return 10 ** (0.4 * (ACS_F814W_ZP - mag)) * noise.exposure_time_s
+
+
+def half_light_radius(img: np.ndarray) -> float:
+    """Radius [px] around the flux centroid holding half of the positive flux."""
+    w = np.clip(img, 0, None)
+    yy, xx = np.indices(img.shape)
+    cy, cx = (w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()
+    r = np.hypot(yy - cy, xx - cx).ravel()
+    order = np.argsort(r)
+    c = np.cumsum(w.ravel()[order])
+    return float(r[order][np.searchsorted(c, 0.5 * c[-1])])
+
+
+def real_truth(image: np.ndarray, N: int, r50_target: float) -> np.ndarray:
+    """A real HST stamp as a model-grid truth (N, N): background (border median) removed,
+    cropped around the peak of the smoothed image and rebinned by ``S/N`` (flux conserving)
+    so that its half-light radius is ``r50_target`` model px."""
+    from scipy.ndimage import gaussian_filter
+
+    img = image - np.median(np.concatenate([image[:20].ravel(), image[-20:].ravel()]))
+    cy, cx = np.unravel_index(np.argmax(gaussian_filter(img, 5)), img.shape)
+    half0 = min(cy, cx, img.shape[0] - cy - 1, img.shape[1] - cx - 1, 200)
+    r50 = half_light_radius(img[cy - half0:cy + half0, cx - half0:cx + half0])
+    S = int(min(2 * half0, max(N, round(N * r50 / r50_target))))
+    crop = img[cy - S // 2:cy - S // 2 + S, cx - S // 2:cx - S // 2 + S]
+    R = rebin_matrix(S, N, N / S)  # (N, S): S stamp px onto N model px
+    return R @ crop @ R.T
+
+
+@dataclass
+class Truth:
+    """A truth on the model grid: ``flux`` (N, N) [e- per model px per exposure], ``name``, ``kind``."""
+
+    name: str
+    kind: str  # "synthetic" or "real HST"
+    flux: np.ndarray
+
+
+def make_truths(profile, noise: NoiseModel, n_synthetic: int = 2) -> tuple[list[Truth], list[str]]:
+    """Synthetic test galaxies (i band) and the real HST galaxies present under the data path.
+    Returns (truths, messages about absent real data)."""
+    from . import data, galaxies
+
+    N = profile.image_size
+    test = galaxies.build_dataset(profile, split="test")
+    syn = [np.asarray(test.images[k][I_BAND], dtype=np.float64) for k in range(n_synthetic)]
+    r50 = float(np.median([half_light_radius(np.asarray(test.images[k][I_BAND])) for k in range(min(32, len(test)))]))
+    truths = [Truth(f"synthetic {k}", "synthetic", s) for k, s in enumerate(syn)]
+    messages = []
+    real = {"COSMOS 147246": paths.data_dir() / "hst_cosmos_stamp" / "147246.0_150.416558_1.998697_masknoise.fits",
+            "test_high_z2": next(iter(sorted((paths.hsc_dir() / "test_high_z2").glob("HST-*.fits"))), None)}
+    for name, path in real.items():
+        if path is None or not path.exists():
+            messages.append(f"{name}: HST image not found under {paths.data_dir()} (set DIFFDECON_DATA); skipped")
+            continue
+        truths.append(Truth(name, "real HST", real_truth(data.load_hst(path).image, N, r50)))
+    F = total_electrons(noise)
+    for t in truths:
+        t.flux = t.flux * F / t.flux.sum()
+    return truths, messages
+
+
+def i_fraction(profile) -> float:
+    """Mean i-band share of the total g+r+i flux of the synthetic test galaxies."""
+    from . import galaxies
+
+    ims = np.asarray(galaxies.build_dataset(profile, split="test").images[:64], dtype=np.float64)
+    return float(np.mean(ims[:, I_BAND].sum((1, 2)) / ims.sum((1, 2, 3))))
+
+
+def flux_map(y: torch.Tensor, profile, f_i: float):
+    """``to_flux`` for the sampler: prior space (B, 3, N, N) -> i-band flux (B, N, N) [e-].
+    The scale comes from the data: total of the pixel-wise median of the exposures
+    (robust to cosmic rays) over ``f_i * flux_norm``."""
+    total = float(torch.as_tensor(y).median(0).values.sum())
+    scale = total / (f_i * profile.flux_norm)
+    a = profile.asinh_a
+
+    def to_flux(x):
+        return scale * unstretch(x[:, I_BAND], a)
+
+    return to_flux
+
+
+@dataclass
+class Run:
+    """Posterior of one (truth, data condition, likelihood): flux samples (n, N, N) [e-]."""
+
+    samples: np.ndarray
+    median: np.ndarray = field(init=False)
+    std: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.median, self.std = np.median(self.samples, 0), self.samples.std(0)
+
+
+def run_metrics(run: Run, truth: np.ndarray, ops: ExposureSet, y: np.ndarray, cr: np.ndarray,
+                background_var: float) -> dict:
+    """The study's numbers for one run (see notebook 07): CR-footprint flux, chi^2, PSNR,
+    SSIM, interval coverage."""
+    mask = cr > 0
+    As = ops.A(torch.as_tensor(run.samples)).numpy()  # (n, E, M, M)
+    At = ops.A(torch.as_tensor(truth)[None]).numpy()[0]
+    excess = ((As - At) * mask).sum((2, 3)).sum(1) / max(cr.sum(), 1e-12)  # per sample
+    Am = ops.A(torch.as_tensor(run.median)[None]).numpy()[0]
+    var = background_var + np.clip(Am, 0, None)  # background + source shot noise [e-^2]
+    chi = (y - Am) ** 2 / var
+    from scipy.ndimage import binary_dilation
+
+    keep = ~np.stack([binary_dilation(m, iterations=1) for m in mask])
+    cov = calibration.interval_coverage(torch.as_tensor(run.samples), torch.as_tensor(truth), (0.68, 0.95))
+    return {
+        "cr_excess_mean": float(excess.mean()), "cr_excess_std": float(excess.std()),
+        "chi2_all": chi.mean((1, 2)), "chi2_clean": np.array([c[k].mean() for c, k in zip(chi, keep)]),
+        "psnr": metrics.psnr(truth, run.median), "ssim": metrics.ssim(truth, run.median),
+        "cov68": cov[0.68], "cov95": cov[0.95],
+    }
+
+
+def convolve_same(img: np.ndarray, psf: np.ndarray) -> np.ndarray:
+    """``img`` convolved with ``psf`` (zero padding, same size) [flux conserved inside]."""
+    from scipy.signal import fftconvolve
+
+    return fftconvolve(img, psf, mode="same")
+
+
+def snr_per_pixel(truth: np.ndarray, ops: ExposureSet, noise: NoiseModel) -> float:
+    """Peak noiseless exposure flux over the background std [dimensionless]."""
+    return float(ops.A(torch.as_tensor(truth)[None]).max() / math.sqrt(noise.white_variance + noise.correlated_sigma**2))
+
+
+def posterior(prior, y: np.ndarray, ops: ExposureSet, to_flux, noise_score, seed: int, n: int, steps: int,
+              cg_iters: int = 2, progress: bool = False) -> Run:
+    """Posterior flux samples for exposures ``y`` (E, M, M) [e-]: :func:`diffdecon.slic.sample`
+    with generator seed ``seed`` (the same for both likelihoods) and Tweedie's x0 kept in
+    the sanity range :data:`diffdecon.prior.X0_RANGE`."""
+    from .prior import X0_RANGE
+    from .slic import sample
+
+    x = sample(prior, torch.as_tensor(y, dtype=torch.float32), ops, to_flux, noise_score,
+               torch.Generator().manual_seed(seed), n=n, steps=steps, cg_iters=cg_iters, x0_clip=X0_RANGE,
+               progress=progress)
+    with torch.no_grad():
+        return Run(to_flux(x).double().numpy())
