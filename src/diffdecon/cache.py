@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import DiffdeconError
 
-class CacheMismatchError(RuntimeError):
+
+class CacheMismatchError(DiffdeconError, RuntimeError):
     """A cached product exists but was made from other inputs than the ones asked for."""
 
 

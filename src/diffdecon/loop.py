@@ -33,17 +33,18 @@ import numpy as np
 import torch
 
 from . import cache
+from .errors import DiffdeconError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.csv"
 LOG_FIELDS = ("step", "loss", "lr", "ema_decay", "shift", "elapsed_s", "images_per_s")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(DiffdeconError, RuntimeError):
     """A checkpoint was made with another configuration or dataset than the one asked for."""
 
 
-class SimulatedKill(RuntimeError):
+class SimulatedKill(DiffdeconError, RuntimeError):
     """Raised by :func:`run_loop` after ``kill_after_step`` steps (tests of resume-after-kill)."""
 
 
