@@ -37,58 +37,15 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe, sampler_kwargs, synchronize, timed  # noqa: E402
+from common import count_flops, describe, peak_memory, sampler_kwargs, timed, wrapped_prior  # noqa: E402
 
 MOCK_Z = 0.21677
 """Redshift of the benchmark observation (the paper's test1)."""
-
-
-class _Out:
-    """The ``.sample`` attribute of a diffusers output, for a wrapped network."""
-
-    def __init__(self, sample):
-        self.sample = sample
-
-
-def _precision_net_class():
-    import torch
-
-    class PrecisionNet(torch.nn.Module):
-        """Wraps a diffusers UNet: bf16 autocast (output cast back to float32) and/or torch.compile.
-
-        The samplers call ``prior.unet(x_t, t).sample`` through ``prior.net``; the wrapper keeps
-        that contract, so autograd (the samplers' VJPs) runs through the autocast region."""
-
-        def __init__(self, unet, device_type: str, bf16: bool, compile_net: bool):
-            super().__init__()
-            self.inner, self.bf16, self.compiled = unet, bf16, compile_net
-
-            def net(x, t):
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                    return unet(x, t, return_dict=False)[0].float()
-
-            self._fn = torch.compile(net, dynamic=False) if compile_net else net
-
-        def forward(self, x, t):
-            return _Out(self._fn(x, t))
-
-    return PrecisionNet
-
-
-def wrapped_prior(prior, device_type: str, bf16: bool, compile_net: bool):
-    """A ``DiffusionPrior`` sharing ``prior``'s network (same weights), evaluated in bf16
-    autocast and/or compiled (``PrecisionNet``)."""
-    from diffdecon.prior import DiffusionPrior
-
-    net = _precision_net_class()(prior.unet, device_type, bf16, compile_net)
-    out = DiffusionPrior(prior.profile, unet=net).eval().requires_grad_(False)
-    return out
 
 
 def make_problem(profile, device):
@@ -134,37 +91,6 @@ def run_sampler(prior, problem, method: str, kwargs: dict, batch: int, steps: in
                                      progress=False, **kw)
 
 
-def count_flops(fn) -> int:
-    """FLOPs of ``fn()`` (2 per multiply-add) by the formulas of ``torch.utils.flop_counter``.
-
-    A plain dispatch mode over its ``flop_registry`` (convolutions, matmuls, attention,
-    forward and backward): ``FlopCounterMode`` itself also tracks modules with backward
-    hooks, which ``torch.autograd.grad`` (the samplers' VJPs) does not support. Operations
-    outside the registry are decomposed where torch can, as ``FlopCounterMode`` does."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
-
-    class _Count(TorchDispatchMode):
-        total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            packet = func._overloadpacket
-            if packet not in flop_registry and hasattr(func, "decompose"):
-                with self:
-                    r = func.decompose(*args, **kwargs)
-                if r is not NotImplemented:
-                    return r
-            out = func(*args, **kwargs)
-            if packet in flop_registry:
-                _Count.total += int(flop_registry[packet](*args, **kwargs, out_val=out))
-            return out
-
-    with _Count():
-        fn()
-    return _Count.total
-
-
 def step_flops(prior, problem, method: str, kwargs: dict) -> int:
     """FLOPs of one sampler step at batch 1 (eager, as the network is built)."""
     return count_flops(lambda: run_sampler(prior, problem, method, kwargs, 1, 1))
@@ -179,18 +105,6 @@ def forward_flops(prior, device) -> int:
     t = torch.zeros(1, dtype=torch.long, device=device)
     with torch.no_grad():
         return count_flops(lambda: prior.net(x, t))
-
-
-def peak_memory(device, reset: bool = False) -> tuple[float | None, str]:
-    """Peak memory [GiB] and how it was read (GPU allocator peak; CPU: process peak RSS so far)."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if reset:
-            torch.cuda.reset_peak_memory_stats(dev)
-        return torch.cuda.max_memory_allocated(dev) / 2**30, "torch.cuda.max_memory_allocated (per configuration)"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "ru_maxrss (process peak so far)"
 
 
 def bench_config(prior, problem, method, kwargs, batch, timed_steps, flops_b1, peak_tflops, n_steps):

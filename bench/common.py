@@ -1,4 +1,6 @@
-"""Helpers shared by the benchmark scripts: sampler arguments from one place, timing.
+"""Helpers shared by the benchmark scripts: sampler arguments from one place, timing,
+FLOP counting, peak memory, bf16 / compiled network wrappers and the finite-sample
+coverage of a calibrated sampler.
 
 The sampler settings of a profile live in :func:`diffdecon.validation.sampler_settings`;
 the benchmarks never restate its numbers. :func:`sampler_kwargs` turns a
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import resource
 import time
 from typing import Any, Callable
 
@@ -122,3 +125,88 @@ def finite_sample_coverage(n: int, levels=(0.68, 0.95), trials: int = 20000, see
         q = torch.quantile(s, torch.tensor([(1 - lv) / 2, (1 + lv) / 2], dtype=torch.float64), dim=1)
         out[float(lv)] = float(((truth >= q[0]) & (truth <= q[1])).double().mean())
     return out
+
+
+class _Out:
+    """The ``.sample`` attribute of a diffusers output, for a wrapped network."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+
+def _precision_net_class():
+    import torch
+
+    class PrecisionNet(torch.nn.Module):
+        """Wraps a diffusers UNet: bf16 autocast (output cast back to float32) and/or torch.compile.
+
+        The samplers call ``prior.unet(x_t, t).sample`` through ``prior.net``; the wrapper keeps
+        that contract, so autograd (the samplers' VJPs) runs through the autocast region."""
+
+        def __init__(self, unet, device_type: str, bf16: bool, compile_net: bool):
+            super().__init__()
+            self.inner, self.bf16, self.compiled = unet, bf16, compile_net
+
+            def net(x, t):
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                    return unet(x, t, return_dict=False)[0].float()
+
+            self._fn = torch.compile(net, dynamic=False) if compile_net else net
+
+        def forward(self, x, t):
+            return _Out(self._fn(x, t))
+
+    return PrecisionNet
+
+
+def wrapped_prior(prior, device_type: str, bf16: bool, compile_net: bool):
+    """A ``DiffusionPrior`` sharing ``prior``'s network (same weights), evaluated in bf16
+    autocast and/or compiled (``PrecisionNet``)."""
+    from diffdecon.prior import DiffusionPrior
+
+    net = _precision_net_class()(prior.unet, device_type, bf16, compile_net)
+    out = DiffusionPrior(prior.profile, unet=net).eval().requires_grad_(False)
+    return out
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn()`` (2 per multiply-add) by the formulas of ``torch.utils.flop_counter``.
+
+    A plain dispatch mode over its ``flop_registry`` (convolutions, matmuls, attention,
+    forward and backward): ``FlopCounterMode`` itself also tracks modules with backward
+    hooks, which ``torch.autograd.grad`` (the samplers' VJPs) does not support. Operations
+    outside the registry are decomposed where torch can, as ``FlopCounterMode`` does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class _Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            packet = func._overloadpacket
+            if packet not in flop_registry and hasattr(func, "decompose"):
+                with self:
+                    r = func.decompose(*args, **kwargs)
+                if r is not NotImplemented:
+                    return r
+            out = func(*args, **kwargs)
+            if packet in flop_registry:
+                _Count.total += int(flop_registry[packet](*args, **kwargs, out_val=out))
+            return out
+
+    with _Count():
+        fn()
+    return _Count.total
+
+
+def peak_memory(device, reset: bool = False) -> tuple[float | None, str]:
+    """Peak memory [GiB] and how it was read (GPU allocator peak; CPU: process peak RSS so far)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(dev)
+        return torch.cuda.max_memory_allocated(dev) / 2**30, "torch.cuda.max_memory_allocated (per configuration)"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "ru_maxrss (process peak so far)"

@@ -118,7 +118,7 @@ def _tiny(side=8):
     return DiffusionPrior(P, unet=_Conv1x1(len(P.bands))).eval().requires_grad_(False)
 
 
-def test_flop_count_of_sampler_steps_matches_hand_computation(paper_bench):
+def test_flop_count_of_sampler_steps_matches_hand_computation(paper_bench, common):
     prior = _tiny(8)
     C, H, W = 3, 8, 8
     y = torch.zeros(1, C, H, W)
@@ -133,6 +133,7 @@ def test_flop_count_of_sampler_steps_matches_hand_computation(paper_bench):
     assert paper_bench.step_flops(prior, problem, "mmps", mm) == (K + 2) * conv
     assert paper_bench.step_flops(prior, problem, "dps", {"zeta": 1.0, "convention": "paper"}) == 2 * conv
     assert paper_bench.forward_flops(prior, "cpu") == conv
+    assert common.count_flops(lambda: prior.net(y, torch.zeros(1, dtype=torch.long))) == conv
 
 
 def test_extrapolation_uses_the_best_batch(paper_bench):
