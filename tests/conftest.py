@@ -125,3 +125,48 @@ def smoke_gaussian_prior():
 def smoke_galaxy():
     """:func:`gaussian_galaxy` of the smoke profile, (3, 32, 32) [HSC coadd flux per model px]."""
     return gaussian_galaxy("smoke")
+
+
+@pytest.fixture
+def small_psf_reference():
+    """Mock set-up with a Gaussian PSF of FWHM 0.7" (sigma 1.8 HSC px) on a 15 px stamp
+    (+-3.9 sigma, cheap convolutions) and noise sigma 0.01 in every band."""
+    from diffdecon import mock
+
+    return mock.gaussian_reference(0.7, 0.01, size=15)
+
+
+@pytest.fixture
+def smoke_mock(smoke_galaxy, small_psf_reference, generator):
+    """:func:`gaussian_galaxy` of the smoke profile observed at z = 0.3 through :func:`small_psf_reference`."""
+    from diffdecon import mock
+
+    return mock.make_mock(smoke_galaxy, 0.3, "smoke", small_psf_reference, generator)
+
+
+@pytest.fixture
+def present_targets(hsc_root):
+    """Names of the real HSC targets present; skips when there are none."""
+    from diffdecon import problem
+
+    names = problem.present_targets(hsc_root)
+    if not names:
+        pytest.skip(f"no HSC target under {hsc_root} (DIFFDECON_DATA)")
+    return names
+
+
+@pytest.fixture
+def tan_wcs():
+    """Factory ``tan_wcs(scale_arcsec, n, crval=(150.0, 2.2))`` of a gnomonic (TAN) WCS of an
+    ``n`` x ``n`` image with ``scale_arcsec`` [arcsec/px], centred on ``crval`` [deg], east left."""
+    from astropy.wcs import WCS
+
+    def make(scale_arcsec: float, n: int, crval=(150.0, 2.2)) -> WCS:
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = list(crval)
+        w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+        w.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
+        return w
+
+    return make

@@ -1,4 +1,5 @@
-"""The magnitude sweep: magnitude scaling, SNR, the sweep on an exact Gaussian test prior."""
+"""The sweeps: magnitude scaling, SNR, the magnitude and redshift sweeps on an exact Gaussian test
+prior, the upsampling crossing."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffdecon import sweeps
+from diffdecon import physics, reference_samples, sweeps
+from diffdecon.errors import DivergenceError
 
 
 def test_set_magnitude_sets_i_band_and_keeps_colours(smoke_galaxy):
@@ -62,3 +64,58 @@ def test_sweep_rows_rejects_mismatched_magnitudes(smoke_galaxy):
         sweeps.sweep_rows([a, b])
     with pytest.raises(ValueError):
         sweeps.sweep_rows([])
+
+
+# ------------------------------------------------------------------ redshift sweep
+
+
+def test_redshift_sweep(smoke_galaxy, smoke_gaussian_prior, small_psf_reference):
+    pytest.importorskip("diffdecon.posterior", reason="diffdecon.posterior (variance ratio) not in the tree yet")
+    ref = small_psf_reference
+    prior_x = reference_samples.prior_samples(smoke_gaussian_prior, n=12, steps=20, method="ddpm", progress=False)
+    sw = sweeps.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref, n=2, steps=3,
+                                prior_samples=prior_x, progress=False, cg_iters=2)
+    assert sw.m[0] > sw.m[1]  # m(z, p) shrinks from z = 0.4 to 0.9
+    assert np.allclose(sw.upsampling_factor, 32 / sw.m)
+    assert sw.variance_ratio_aperture.shape == (2,) and np.all(np.isfinite(sw.variance_ratio_aperture))
+    dim = sweeps.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref, n=2, steps=2,
+                                 prior_samples=prior_x, progress=False, dimming=True, cg_iters=1)
+    # dimmed with (D_L(0.4) / D_L(0.9))^2 ~ 0.17: the flux scale drops by that factor (5%: noise
+    # sd ~1% of the flux at z = 0.9 and PSF wings beyond the margin)
+    from astropy.cosmology import Planck15
+
+    expect = (Planck15.luminosity_distance(0.4) / Planck15.luminosity_distance(0.9)).value ** 2
+    assert dim.flux_scale[1] / dim.flux_scale[0] == pytest.approx(expect, rel=0.05)
+
+
+
+def test_upsampling_crossing():
+    # quick: 64 px of 0.6 kpc; the factor 64 / m reaches 2 where m(z, p) = 32 px
+    z2 = sweeps.upsampling_crossing("quick", 2.0)
+    assert physics.observed_size(z2, 64, 0.6) == pytest.approx(32.0, abs=1e-3)  # brentq xtol 1e-6 in z
+    assert sweeps.upsampling_crossing("quick", 1.5) < z2  # a lower factor is reached earlier
+    assert sweeps.upsampling_crossing("smoke", 2.0) is None  # 32 px of 1.2 kpc: factor < 1.2 up to z = 1.5
+    for bad in ({"factor": 0.0}, {"z_max": 3.0}, {"pixel_scale_arcsec": -1.0}):
+        with pytest.raises(ValueError):
+            sweeps.upsampling_crossing("quick", **bad)
+
+
+def _diverge(*args, **kwargs):
+    raise DivergenceError("forced divergence (test)")
+
+
+def test_redshift_sweep_divergence_is_recorded(smoke_galaxy, smoke_gaussian_prior, monkeypatch, capsys,
+                                               small_psf_reference):
+    ref = small_psf_reference
+    prior_x = torch.zeros(4, 3, 32, 32)
+    monkeypatch.setattr(sweeps, "deconvolve", _diverge)
+    with pytest.raises(DivergenceError):
+        sweeps.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, prior_samples=prior_x,
+                               progress=False)
+    sw = sweeps.redshift_sweep(smoke_galaxy, [0.4, 0.9], "smoke", smoke_gaussian_prior, ref,
+                                prior_samples=prior_x, progress=False, on_divergence="nan")
+    assert np.isnan(sw.variance_ratio_aperture).all() and np.isnan(sw.chi2).all()
+    assert sw.results == [None, None] and np.all(np.isfinite(sw.m))
+    assert "DIVERGED" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="on_divergence"):
+        sweeps.redshift_sweep(smoke_galaxy, [0.4], "smoke", smoke_gaussian_prior, ref, on_divergence="skip")

@@ -1,0 +1,46 @@
+"""Tests of diffdecon.reference_samples: one cached reference of unconditional prior samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffdecon import reference_samples
+
+
+@pytest.fixture
+def hashed_prior(smoke_gaussian_prior, tmp_path, monkeypatch):
+    """The exact Gaussian test prior with a (fake) checkpoint hash, caching into tmp_path."""
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    smoke_gaussian_prior.checkpoint_sha256 = "ab" * 32
+    return smoke_gaussian_prior
+
+
+def test_cached_by_every_input(hashed_prior, capsys):
+    x = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32
+    assert "recomputed" in capsys.readouterr().out
+    again = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
+    assert "cache hit" in capsys.readouterr().out and torch.equal(x, again)
+    # another seed, method or clip is another product (DDIM with eta = 0 is deterministic
+    # given x_T, so equal seeds give equal samples and a new seed new ones)
+    other = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=2, progress=False)
+    clipped = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, x0_clip=(-1.0, 1.0),
+                                              progress=False)
+    ddpm = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, method="ddpm", progress=False)
+    out = capsys.readouterr().out
+    assert out.count("recomputed") == 3 and not torch.equal(x, other) and not torch.equal(x, ddpm)
+    assert float(clipped.abs().max()) <= float(x.abs().max()) + 1e-6
+    files = sorted(p.name for p in (reference_samples.paths.cache_dir() / "prior_samples").glob("*.npy"))
+    assert len(files) == 4 and any("-clip-1_1" in f for f in files)
+
+
+def test_defaults_and_errors(smoke_gaussian_prior, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    x = reference_samples.prior_samples(smoke_gaussian_prior, n=2, steps=2, progress=False)  # no hash: not cached
+    assert x.shape[0] == 2 and "not cached" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match="method='euler'; accepted: 'ddim' or 'ddpm'"):
+        reference_samples.prior_samples(smoke_gaussian_prior, n=2, steps=2, method="euler")
+    with pytest.raises(ValueError, match="accepted: positive integers"):
+        reference_samples.prior_samples(smoke_gaussian_prior, n=0, steps=2)
