@@ -19,8 +19,8 @@ without PSF (the pixel response is included: pixel-integrated flux):
   profile, inclined and rotated with the disk, each convolved with a Gaussian of
   ``KNOT_SIGMA_PX`` = 0.25 px (well below a pixel; a point source cannot be drawn by FFT).
   The pixel-integrated Gaussians are evaluated in closed form (separable ``erf``s),
-  which is what GalSim's FFT drawing of ``Convolve(knots, Gaussian)`` computes, about 30x
-  faster (``tests/test_galaxies.py`` checks the two agree);
+  which is what GalSim's FFT drawing of ``Convolve(knots, Gaussian)`` computes, without
+  an FFT per knot (``tests/test_galaxies.py`` checks the two agree);
 * a **bar**: an elongated Sersic (``n`` 0.5 or 1) in the disk plane, inclined with the disk.
 
 Speed: each component is drawn once as a single-band (i) image and the three bands are

@@ -26,7 +26,7 @@ median seeing is about 0.6-0.8 arcsec, best in i)."""
 
 FALLBACK_SIGMA: float = 0.01
 """Per-band background sigma [HSC coadd flux units, mag = 27 - 2.5 log10 F] when no real
-cutout is present: the middle of the 0.006-0.016 range measured on the paper's targets."""
+cutout is present: the middle of the 0.006-0.016 range of HSC UltraDeep coadds."""
 
 PSF_SIZE: int = 43
 """Side of the HSC PSF images [obs px]."""
