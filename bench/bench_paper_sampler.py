@@ -33,6 +33,7 @@ every configuration, so a run killed at its limit still leaves what it measured.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -48,19 +49,40 @@ MOCK_Z = 0.21677
 """Redshift of the benchmark observation (the paper's test1)."""
 
 
+def galaxy_image(profile):
+    """The benchmark's idealized galaxy (C, H, W) [HSC flux per model px]: row 0 of the
+    synthetic catalogue, or, where GalSim does not import, a round exponential disk of
+    3 kpc half-light radius and i = 19 with the same total (the cost of a sampler step does
+    not depend on the image; the JSON records which)."""
+    import numpy as np
+
+    try:
+        from diffdecon import galaxies
+
+        return galaxies.draw_galaxy(galaxies.catalog_for(1, profile.seed)[0], profile), "synthetic catalogue row 0"
+    except ImportError as err:
+        r = (np.arange(profile.image_size) - (profile.image_size - 1) / 2) * profile.pixel_scale_kpc
+        rr = np.hypot(r[:, None], r[None, :])
+        disk = np.exp(-1.678 * rr / 3.0)  # exponential profile: r_e = 1.678 scale lengths
+        total = 10 ** ((27 - 19.0) / 2.5)  # HSC coadd units: mag = 27 - 2.5 log10 flux
+        img = np.stack([disk] * len(profile.bands)) * total / (len(profile.bands) * disk.sum())
+        return img, f"exponential disk (GalSim unavailable: {err})"
+
+
 def make_problem(profile, device):
-    """(y, forward, sigma) of the benchmark observation on ``device`` (float32).
+    """((y, forward, sigma), galaxy source) of the benchmark observation on ``device`` (float32).
 
     ``forward`` maps prior-space ``x`` (B, C, H, W) to observation flux, as the notebooks'
     ``InverseProblem.forward``; y in HSC coadd flux per observation pixel."""
     import numpy as np
     import torch
 
-    from diffdecon import galaxies, mock, physics
+    from diffdecon import mock, physics
     from diffdecon.problem import from_mock
     from diffdecon.config import BANDS
 
-    flux = galaxies.draw_galaxy(galaxies.catalog_for(1, profile.seed)[0], profile)
+    flux, source = galaxy_image(profile)
+    print(f"benchmark galaxy: {source}")
     ref = mock.HSCReference(
         psfs=np.stack([physics.gaussian_psf(mock.FALLBACK_FWHM_ARCSEC[b], mock.PSF_SIZE) for b in BANDS]),
         sigma=np.full(len(BANDS), mock.FALLBACK_SIGMA), source="Gaussian PSFs, sigma of mock.FALLBACK_*",
@@ -75,7 +97,7 @@ def make_problem(profile, device):
 
         return op.A(scale * unstretch(x, asinh_a))
 
-    return problem.y.to(device), forward, problem.sigma.to(device)
+    return (problem.y.to(device), forward, problem.sigma.to(device)), source
 
 
 def run_sampler(prior, problem, method: str, kwargs: dict, batch: int, steps: int, seed: int = 0):
@@ -183,12 +205,16 @@ def sweep(priors: dict, problem, configs, args, kwargs: dict, flops: dict, n_ste
             why = "out of memory at a smaller batch" if key in oom else f"estimated {est or 0:.0f} s > {left:.0f} s left"
             skipped.append(dict(label, reason=why))
             continue
+        row, why = None, ""
         try:
             row = bench_config(priors[(precision, compiled)], problem, method, kwargs[method], batch,
                                args.timed_steps, flops[method], args.peak_tflops, n_steps[method])
         except torch.OutOfMemoryError as err:
+            why = f"out of memory: {str(err).splitlines()[0][:160]}"
+        if row is None:  # outside the except block: the traceback no longer holds the tensors
             oom.add(key)
-            skipped.append(dict(label, reason=f"out of memory: {str(err).splitlines()[0][:160]}"))
+            skipped.append(dict(label, reason=why))
+            gc.collect()
             torch.cuda.empty_cache()
             continue
         row.update(label)
@@ -260,7 +286,7 @@ def _setup(args):
     P = get_profile(args.profile)
     torch.manual_seed(P.seed)  # the network's initial weights
     prior = DiffusionPrior(P).to(args.device).eval().requires_grad_(False)
-    problem = make_problem(P, args.device)
+    problem, args.galaxy = make_problem(P, args.device)
     st = validation.sampler_settings(P)
     kwargs = {m: sampler_kwargs(st, m) for m in args.methods}
     return P, prior, problem, st, kwargs
@@ -333,7 +359,7 @@ def main(argv=None) -> int:
         "flops_per_forward": flops_fwd, "flops_per_step_batch1": flops,
         "forward_equivalents_per_step": {m: flops[m] / flops_fwd for m in args.methods},
         "flop_counter": "formulas of torch.utils.flop_counter.flop_registry, float32 eager, batch 1, one step",
-        "bf16_vs_fp32_mmps_x0_rel_diff": agreement, "mock_z": MOCK_Z,
+        "bf16_vs_fp32_mmps_x0_rel_diff": agreement, "mock_z": MOCK_Z, "galaxy": args.galaxy,
     }
 
     def write(rows, skipped, extra=None):

@@ -317,14 +317,6 @@ def _methods(prior, run_problem, args, n, mm, dp, T):
     return runs
 
 
-def _from_mock(mk, prior):
-    try:  # the inverse problem lives in diffdecon.problem (older trees: diffdecon.targets)
-        from diffdecon.problem import from_mock
-    except ImportError:
-        from diffdecon.targets import from_mock
-    return from_mock(mk, prior)
-
-
 def _on_device(problem, dev):
     """The problem with y, sigma and the operator on ``dev`` (scores stay on the CPU copy)."""
     if dev.type == "cpu":
@@ -369,6 +361,7 @@ def main(argv=None) -> int:
 
     from diffdecon import mock, paths, validation
     from diffdecon.cache import atomic_write_text
+    from diffdecon.problem import from_mock
 
     torch.set_num_threads(args.threads)
     P, prior, note = _load(args.profile)
@@ -376,7 +369,7 @@ def main(argv=None) -> int:
     n, mm, dp = sampler_arguments(st, args)
     T = int(prior.schedule.alphas_cumprod.numel())
     mk = validation.mock_set(P, mock.hsc_reference(), n=1, redshifts=(0.21677,))[0]
-    problem = _from_mock(mk, prior)
+    problem = from_mock(mk, prior)
     dev = torch.device(args.device)
     prior = prior.to(dev)
     runs = _methods(prior, _on_device(problem, dev), args, n, mm, dp, T)

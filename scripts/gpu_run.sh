@@ -93,16 +93,6 @@ if [[ $MODE != run ]]; then echo "gpu_run.sh: mode '$MODE'; accepted: prepare, r
 T0=$(date +%s)
 if [[ -x .venv/bin/python ]]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
-if ! "$PY" -c 'import galsim, diffusers, astropy' 2>/dev/null; then
-  if [[ ! -f $SITE_TAR ]]; then
-    echo "gpu_run.sh: $PY lacks galsim/diffusers/astropy and $SITE_TAR is absent:" \
-         "run 'scripts/gpu_run.sh prepare' here and carry .whl" >&2; exit 3
-  fi
-  mkdir -p /tmp/diffdecon_site && tar -xJf "$SITE_TAR" -C /tmp/diffdecon_site
-  export PYTHONPATH="$PYTHONPATH:/tmp/diffdecon_site"
-fi
-"$PY" -c 'import torch, galsim, diffusers, astropy; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-
 if [[ $PROFILE == smoke ]]; then
   OUTDIR=${OUT:-build/gpu_run/out}; DEVICE=cpu; BASE=smoke
   TOTAL_S=${GPU_RUN_TOTAL_S:-150}; TRAIN_S=${GPU_RUN_TRAIN_S:-10}; CHANNELS=${GPU_RUN_CHANNELS:-"16 32"}
@@ -124,6 +114,27 @@ LOG=$OUTDIR/gpu_run.log
 exec > >(tee -a "$LOG") 2>&1
 echo "[gpu_run] $(date -u +%FT%TZ) profile $PROFILE, device $DEVICE, budget ${TOTAL_S} s, outputs in $OUTDIR"
 [[ $DEVICE == cuda ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+if ! "$PY" -c 'import galsim, diffusers, astropy' 2>/dev/null; then
+  if [[ ! -f $SITE_TAR ]]; then
+    echo "gpu_run.sh: $PY lacks galsim/diffusers/astropy and $SITE_TAR is absent:" \
+         "run 'scripts/gpu_run.sh prepare' here and carry .whl" >&2; exit 3
+  fi
+  mkdir -p /tmp/diffdecon_site && tar -xJf "$SITE_TAR" -C /tmp/diffdecon_site
+  export PYTHONPATH="$PYTHONPATH:/tmp/diffdecon_site"
+fi
+# report what imports (a failure is printed, not fatal: the steps that need the module fail alone)
+"$PY" - <<'PYEOF'
+import importlib
+for name in ("torch", "numpy", "galsim", "astropy", "diffusers", "diffdecon"):
+    try:
+        m = importlib.import_module(name)
+        print(f"[gpu_run] {name} {getattr(m, '__version__', '')} from {getattr(m, '__file__', '?')}")
+    except Exception as err:  # noqa: BLE001
+        print(f"[gpu_run] {name} does NOT import: {type(err).__name__}: {err}")
+import torch
+print(f"[gpu_run] cuda available: {torch.cuda.is_available()}")
+PYEOF
+
 
 # 1-2. training set and candidate prior (steps chosen by the probe to fit TRAIN_S)
 rm -rf "$CAND"

@@ -146,6 +146,23 @@ def test_extrapolation_uses_the_best_batch(paper_bench):
     assert e["floor_minutes_at_peak"] == pytest.approx(25600 / 60)
 
 
+def test_sweep_stops_growing_a_batch_after_out_of_memory(paper_bench, monkeypatch):
+    def fake(prior, problem, method, kwargs, batch, *rest):
+        if batch >= 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
+        return {"seconds_per_step": 0.01 * batch, "warmup_s": 0.02, "samples_per_s": 1.0,
+                "fraction_of_peak": 0.1, "peak_memory_gib": 1.0}
+
+    monkeypatch.setattr(paper_bench, "bench_config", fake)
+    args = type("Args", (), {"timed_steps": 1, "peak_tflops": 1.0})()
+    configs = [("mmps", "bf16", False, b) for b in (1, 2, 4, 8)]
+    rows, skipped = paper_bench.sweep({("bf16", False): None}, None, configs, args, {"mmps": {}}, {"mmps": 1},
+                                      {"mmps": 10}, time.perf_counter() + 60, lambda r, s: None)
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert [s["batch"] for s in skipped] == [4, 8]
+    assert "out of memory" in skipped[0]["reason"] and "smaller batch" in skipped[1]["reason"]
+
+
 def test_paper_sampler_bench_smoke_writes_its_fields(paper_bench, tmp_path):
     out = tmp_path / "b.json"
     t0 = time.perf_counter()
