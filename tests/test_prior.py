@@ -140,3 +140,17 @@ def test_load_prior_round_trip_and_hash(tmp_path):
     torch.save({"ema": build_unet(other).state_dict(), "config": other.to_dict()}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="block_out_channels"):
         load_prior(SMOKE, tmp_path / "c.pt")
+
+
+def test_load_prior_reads_half_precision_weights(tmp_path):
+    # the float16 training snapshots load through the one loader, as float32 weights equal
+    # to the stored half-precision values (the cast is exact)
+    torch.manual_seed(0)  # network initialisation
+    prior = DiffusionPrior("smoke")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in prior.unet.state_dict().items()}
+    torch.save(half, tmp_path / "snap.pt")
+    loaded = load_prior("smoke", tmp_path / "snap.pt")
+    for k, v in loaded.unet.state_dict().items():
+        if v.is_floating_point():
+            assert v.dtype == torch.float32 and torch.equal(v, half[k].float()), k
+    assert loaded.checkpoint_sha256 and loaded.checkpoint_path == tmp_path / "snap.pt"

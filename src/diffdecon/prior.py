@@ -312,8 +312,9 @@ def load_prior(profile: Profile | str, checkpoint: str | Path | None = None,
                map_location: str | torch.device = "cpu") -> DiffusionPrior:
     """The trained prior of ``profile`` (EMA weights), in eval mode.
 
-    ``checkpoint``: a weights file (``*.pt`` with the UNet state dict, or a training
-    checkpoint holding ``"ema"``) or a folder holding ``ema_weights.pt``; default
+    ``checkpoint``: a weights file (``*.pt`` with the UNet state dict, float32 or float16
+    as the training snapshots, or a training checkpoint holding ``"ema"``) or a folder
+    holding ``ema_weights.pt``; default
     ``models/<profile>/``. The weights' SHA-256 is kept in ``prior.checkpoint_sha256``.
 
     Raises
@@ -340,7 +341,8 @@ def load_prior(profile: Profile | str, checkpoint: str | Path | None = None,
         _check_profile_record(state.get("config"), profile, path)
         state = state["state_dict"]
     prior = DiffusionPrior(profile)
-    prior.unet.load_state_dict(state)
+    # weights stored in half precision (the float16 FID snapshots) are loaded as float32
+    prior.unet.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     prior.eval()
     prior.requires_grad_(False)
     prior.checkpoint_sha256 = sha256_file(path)
