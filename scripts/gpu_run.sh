@@ -147,6 +147,9 @@ T2=$(date +%s)
 if [[ -f $CAND/ema_weights.pt ]]; then
   tar -C build/gpu_run -cf - "$(basename "$CAND")" | split -b 16000000 -d - "$OUTDIR/$(basename "$CAND").tar.part-"
   du -sh "$CAND"; ls -la "$OUTDIR"
+  if (( $(du -cb "$OUTDIR"/*.tar.part-* | tail -1 | cut -f1) > 62000000 )); then
+    echo "[gpu_run] WARNING: the candidate parts exceed 62 MB: the device tool returns at most 64 MiB from \$OUT"
+  fi
 fi
 
 # 3. paper-scale sampler benchmark with what is left of the budget
