@@ -2,7 +2,7 @@
 """Posterior sampling at paper scale: time per step, samples/s, memory, fraction of peak.
 
     python bench/bench_paper_sampler.py --device cuda [--budget-s 180] [--peak-tflops 989]
-        [--batch-sizes 1 4 16 32 64 128] [--precisions bf16 fp32] [--compile] [--out PATH]
+        [--batch-sizes 1 8 32 64 128 256] [--precisions bf16 fp32] [--compile] [--out PATH]
     python bench/bench_paper_sampler.py --profile smoke --device cpu     (seconds; numbers mean nothing)
 
 The network is the profile's UNet (``paper``: 354 M parameters, 256 px) with seeded random
@@ -249,7 +249,7 @@ def _parse(argv):
     ap.add_argument("--device", default="cuda" if cuda else "cpu")
     ap.add_argument("--methods", nargs="+", default=["mmps", "dps"], choices=["mmps", "dps"])
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                    help="batch sweep of the first precision (default GPU 1 4 16 32 64 128, CPU 1 2)")
+                    help="batch sweep of the first precision (default GPU 1 8 32 64 128 256, CPU 1 2)")
     ap.add_argument("--precisions", nargs="+", default=None, choices=["bf16", "fp32"],
                     help="default GPU: bf16 fp32; CPU: fp32")
     ap.add_argument("--other-batch-sizes", nargs="+", type=int, default=[1, 16],
@@ -266,7 +266,7 @@ def _parse(argv):
                                                 "build/bench_paper_sampler_<profile>_cpu.json on the CPU)")
     args = ap.parse_args(argv)
     on_gpu = torch.device(args.device).type == "cuda"
-    args.batch_sizes = args.batch_sizes or ([1, 4, 16, 32, 64, 128] if on_gpu else [1, 2])
+    args.batch_sizes = args.batch_sizes or ([1, 8, 32, 64, 128, 256] if on_gpu else [1, 2])
     args.precisions = args.precisions or (["bf16", "fp32"] if on_gpu else ["fp32"])
     for name in ("timed_steps", "budget_s", "peak_tflops", "n_samples"):
         v = getattr(args, name)
