@@ -37,7 +37,7 @@ profile = "quick"
 
 # %%
 
-from diffdecon import config, manuscript, plotting, reference_samples, targets, training
+from diffdecon import config, manuscript, reference_samples, targets, training
 from diffdecon.prior import load_prior
 
 P = config.notebook_profile(profile)
@@ -68,23 +68,16 @@ analyses = targets.analyse_targets(low_z, prior, sampler="mmps", n=P.n_posterior
                                    prior_samples=prior_samples, progress=False)
 
 # %% [markdown]
-# ## Figures 4-7
-
-# %%
-_ = plotting.save_target_figures(analyses, P.name, "hsc_hst_comparison",
-                                 title=f"HSC targets with z < {Z_SPLIT}: deconvolution and HST")
-
-# %% [markdown]
-# ## Table
+# ## Figures 4-7 and the table
 
 # %%
 caption = (f"Real HSC targets with $z < {Z_SPLIT}$ (profile {P.name}; MMPS, {P.n_posterior} samples, "
            f"{P.sampling_steps} steps): reduced $\\chi^2$ of $A(\\bar x)$ against $y$ per band, variance ratio "
            f"in an aperture of {P.aperture_radius_px:g} model px, correlation of the posterior mean with HST "
            "F814W on the HSC grid.")
-rows = manuscript.write_targets_table("hst_comparison", analyses, caption, "tab:hst", missing)
-for r in rows:
-    print(" | ".join(r))
+_ = targets.report_targets(analyses, P.name, "hsc_hst_comparison",
+                           f"HSC targets with z < {Z_SPLIT}: deconvolution and HST", "hst_comparison", caption,
+                           "tab:hst", missing)
 
 # %%
 done = [a for a in analyses if a.result is not None]

@@ -43,8 +43,6 @@ Z_SPLIT = 0.5  # high-redshift targets (this notebook) have z > Z_SPLIT; the oth
 high_z, missing = targets.targets_between(z_min=Z_SPLIT)
 prior = load_prior(P, training.prior_directory(P))
 prior_samples = reference_samples.prior_samples(prior, progress=False)
-print(f"prior {P.name}: {P.image_size} px at {P.pixel_scale_kpc} kpc/px; MMPS, {P.n_posterior} samples, "
-      f"{P.sampling_steps} steps")
 
 # %% [markdown]
 # ## Real high-redshift targets (Figures 8-9)
@@ -56,15 +54,10 @@ analyses = targets.analyse_targets(high_z, prior, sampler="mmps", n=P.n_posterio
                                    prior_samples=prior_samples, progress=False)
 
 # %%
-_ = plotting.save_target_figures(analyses, P.name, "hsc_high_z",
-                                 title=f"HSC targets with z > {Z_SPLIT}: deconvolution and HST")
-
-# %%
 caption = (f"Real HSC targets with $z > {Z_SPLIT}$ (profile {P.name}; MMPS, {P.n_posterior} samples, "
            f"{P.sampling_steps} steps); columns as in Table~\\ref{{tab:hst}}.")
-rows = manuscript.write_targets_table("high_z", analyses, caption, "tab:highz", missing)
-for r in rows:
-    print(" | ".join(r))
+_ = targets.report_targets(analyses, P.name, "hsc_high_z", f"HSC targets with z > {Z_SPLIT}: deconvolution and HST",
+                           "high_z", caption, "tab:highz", missing)
 
 # %% [markdown]
 # ## One galaxy from z = 0.1 to 1 (beyond the paper)

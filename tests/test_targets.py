@@ -53,3 +53,24 @@ def test_targets_between_splits_by_redshift(hsc_root, capsys):
     assert sorted(t.name for t in low + high) == problem.present_targets(hsc_root)
     assert missing == missing_again == data.missing_targets(hsc_root)
     assert "targets with 0 < z < 0.5" in capsys.readouterr().out
+
+
+def test_report_targets_writes_figures_and_table(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from diffdecon import paths
+
+    monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(paths, "TABLES", tmp_path / "tables")
+    rng = np.random.default_rng(0)
+    row = {"title": "t", "y": rng.random((3, 12, 12)), "hst": None, "error": "mmps diverged: test",
+           "aperture_radius_px": 3.0}
+    a = SimpleNamespace(name="t_1", z=0.2, i_mag=19.0, m=10.0, upsampling_factor=3.2, result=None, hst=None,
+                        agreement=None, wall_time_s=1.0, figure_row=lambda: row)
+    rows = targets.report_targets([a], "smoke", "all", "title", "tab", "caption", "tab:t", missing=["x"])
+    assert rows == manuscript.analysis_table_rows([a]) and " | ".join(rows[0]) in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "all.pdf", "all.png", "hsc_target_t_1.pdf", "hsc_target_t_1.png"]
+    assert r"\label{tab:t}" in (tmp_path / "tables" / "tab.tex").read_text()

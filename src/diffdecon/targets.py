@@ -23,7 +23,8 @@ from .errors import DivergenceError
 from .hst import HSTAgreement, hst_agreement, hst_on_hsc_grid
 from .problem import InverseProblem, prepare_target, present_targets
 
-__all__ = ["DeconvolutionError", "TargetAnalysis", "analyse_target", "targets_between", "analyse_targets"]
+__all__ = ["DeconvolutionError", "TargetAnalysis", "analyse_target", "targets_between", "analyse_targets",
+           "report_targets"]
 
 DeconvolutionError = DivergenceError
 """Alias of :class:`diffdecon.errors.DivergenceError` (the name used before the error family)."""
@@ -148,3 +149,18 @@ def analyse_targets(targets: Sequence[HSCTarget], prior, **kwargs: Any) -> list[
         analyses.append(analyse_target(t, prior, **kwargs))
         print(analyses[-1].summary())
     return analyses
+
+
+def report_targets(analyses: Sequence[TargetAnalysis], profile: str, figure: str, title: str, table: str,
+                   caption: str, label: str, missing: Sequence[str] = ()) -> list[list[str]]:
+    """Write what a section reports of its real targets: the figures
+    (:func:`diffdecon.plotting.save_target_figures`, ``figure`` and one per target) and the
+    table (:func:`diffdecon.manuscript.write_targets_table`, ``table``, naming ``missing``),
+    and print the table's rows. Returns the rows."""
+    from . import manuscript, plotting
+
+    plotting.save_target_figures(analyses, profile, figure, title=title)
+    rows = manuscript.write_targets_table(table, analyses, caption, label, missing)
+    for r in rows:
+        print(" | ".join(r))
+    return rows
