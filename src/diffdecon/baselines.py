@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .arrays import to_numpy
 from .physics import ForwardModel, validate_psf
 
 __all__ = ["richardson_lucy", "wiener", "unsupervised_wiener", "to_model_grid"]
@@ -39,8 +40,7 @@ __all__ = ["richardson_lucy", "wiener", "unsupervised_wiener", "to_model_grid"]
 def _prepare(y: Any, psf: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     """(C, N, N) float64 image, (C, k, k) normalised PSF, and whether input was a tensor."""
     is_tensor = isinstance(y, torch.Tensor)
-    arr = y.detach().cpu().numpy() if is_tensor else np.asarray(y)
-    arr = np.array(arr, dtype=np.float64)
+    arr = to_numpy(y).copy()
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[-1] != arr.shape[-2]:
