@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -58,7 +63,6 @@ from diffdecon.prior import DiffusionPrior, count_parameters
 
 P = config.notebook_profile(profile)
 cfg = conditional.get_config(P)
-torch.set_num_threads(2)
 train, test_all = conditional.split(P)
 test = test_all[: cfg.n_obs]
 size = train.x.shape[-1]
@@ -150,19 +154,21 @@ for k, s in scores.items():
     ab = next(((a, b) for (a, b) in sweep if k in (f"CVAE a={a:g} b={b:g}",)), None)
     ab = (cfg.alpha, cfg.beta) if k == "CVAE" else ab
     kl = f"{cvae_info[ab][0]:.0f} / {cvae_info[ab][1]}" if ab else ""
-    rows.append([k, ci(s.retained, "{:.1f}"), ci(s.diversity), ci(valid_div[k]) if k in valid_div else "",
+    rows.append([k, ci(s.retained, "{:.1f}"), f"{np.nanmedian(s.chi2r):.3g}", ci(s.diversity),
                  ci(s.galaxy_var, scale=1e4), ci(s.sky_var, scale=1e4), kl, f"{1e3 * s.seconds_per_sample:.2g}"])
 pub = conditional.PUBLISHED
 table = manuscript.latex_table(
-    ["arm", r"valid [\%]", "diversity (all)", "diversity (valid)", r"var$_\mathrm{gal}\times10^4$",
+    ["arm", r"valid [\%]", r"median $\chi^2_r$", "diversity", r"var$_\mathrm{gal}\times10^4$",
      r"var$_\mathrm{sky}\times10^4$", "KL / active", "ms"], rows,
     caption=(f"Conditional diffusion, CVAE and the unconditional prior with MMPS/DPS on the same {len(test)} "
              f"synthetic test observations (profile {P.name}, r band, {size} px, noise $\\sigma_y = {cfg.sigma_y:g}$ "
              f"of the clean peak), {cfg.n_samples} candidates each, one seed. Valid: reduced $\\chi^2 < {thr:.3f}$ "
              f"(the {100 * cfg.quantile:g}\\,\\% quantile of $\\chi^2_N/N$). Diversity: mean over observations of "
-             f"Tr$\\,\\Sigma_i$ of {feature_label} of all candidates, and of the valid ones on the {n_common} "
-             "observations where every model arm has two; var: per-pixel variance on galaxy (truth $> 3\\sigma_y$) "
-             "and sky pixels. Brackets: 95\\,\\% bootstrap intervals over observations. KL [nats] and active latent "
+             f"Tr$\\,\\Sigma_i$ of the {feature_label} of all candidates; var: per-pixel variance on galaxy "
+             "(truth $> 3\\sigma_y$) "
+             f"and sky pixels ({n_common} observations have two valid candidates in every model arm, the set on "
+             "which the paper's valid-only diversity could be compared). Brackets: 95\\,\\% bootstrap intervals over "
+             "observations. KL [nats] and active latent "
              f"dimensions (of {cfg.latent}) for the CVAEs; the sweep's CVAEs ran {cfg.sweep_steps} steps, the main "
              f"one {cfg.cvae_steps}. Conditional diffusion: {cfg.sampling_steps} DDIM steps, $w = {cfg.guidance:g}$; "
              f"MMPS {cfg.mmps_steps} steps $\\times$ {cfg.mmps_cg} CG; DPS {cfg.dps_steps} steps. Paper (TNG, "
@@ -187,6 +193,9 @@ for key, k in (("Obs", "observation"), ("Truth", "truth"), ("TruthNoise", "truth
                ("Diffusion", "conditional diffusion"), ("CVAE", "CVAE"), ("MMPS", "prior + MMPS"),
                ("DPS", "prior + DPS")):
     variables |= {f"CondRetained{key}": v(k, "retained", f="{:.1f}"), f"CondVar{key}": v(k, "diversity"),
+                  f"CondChi{key}": f"{np.nanmedian(scores[k].chi2r):.3g}",
+                  f"CondVarGal{key}": f"{1e4 * scores[k].galaxy_var[0]:.3g}",
+                  f"CondVarSky{key}": f"{1e4 * scores[k].sky_var[0]:.3g}",
                   f"CondVarLo{key}": v(k, "diversity", 1), f"CondVarHi{key}": v(k, "diversity", 2)}
 manuscript.write_variables("cvae_vs_diffusion", variables)
 

@@ -119,7 +119,8 @@ class CVAE(torch.nn.Module):
     Encoder ``q(z | y, Pi)``: CNN on (``2 y - 1``, PSF embedding) -> mean and log-variance of
     ``z`` (``latent``-d). Decoder ``x_hat = g(z, Pi)``: ``z`` and the PSF (flattened grid)
     through a linear layer to a ``H/4`` map, transposed convolutions to the image size, a
-    sigmoid to [0, 1]; the observed branch is ``Pi * x_hat`` (:func:`convolve`, fixed).
+    linear output; the observed branch is ``Pi * x_hat`` (:func:`convolve`, fixed).
+    Candidates are clamped to [0, 1] like every arm's.
     """
 
     def __init__(self, image_size: int, latent: int, psf_size: int, width: int = 32):
@@ -146,9 +147,10 @@ class CVAE(torch.nn.Module):
         return mu, logvar.clamp(-12, 8)
 
     def decode(self, z: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
-        """``x_hat = g(z, Pi)`` in [0, 1], ``(B, 1, H, W)``."""
+        """``x_hat = g(z, Pi)``, ``(B, 1, H, W)`` [peak-normalised flux]; linear output (a
+        sigmoid saturates on the empty sky, which is most of each image, and stalls training)."""
         h = self.dec_in(torch.cat([z, psf.flatten(1) * self.psf_size**2], dim=1))
-        return torch.sigmoid(self.dec(h.view(-1, 2 * self._w, self._s, self._s)))
+        return self.dec(h.view(-1, 2 * self._w, self._s, self._s))
 
     def loss_terms(self, x, y, psf, sigma: float, noise: torch.Tensor):
         """Per image: ``(||x_hat - x||^2 / (2 sigma^2), ||Pi * x_hat - y||^2 / (2 sigma^2), KL)``
@@ -171,11 +173,11 @@ class CVAE(torch.nn.Module):
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, psf: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-        """``n`` candidates per observation, ``(B, n, 1, H, W)`` in [0, 1]: ``z ~ q(z | y, Pi)``
+        """``n`` candidates per observation, ``(B, n, 1, H, W)`` clamped to [0, 1]: ``z ~ q(z | y, Pi)``
         decoded with the PSF; ``y`` ``(B, 1, H, W)``, ``psf`` ``(B, k, k)``."""
         mu, logvar = self.encode(y, psf)
         z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * torch.randn((len(y), n, self.latent), generator=g)
-        out = self.decode(z.flatten(0, 1), psf.repeat_interleave(n, dim=0))
+        out = self.decode(z.flatten(0, 1), psf.repeat_interleave(n, dim=0)).clamp(0, 1)
         return out.view(len(y), n, *out.shape[1:])
 
 

@@ -98,7 +98,8 @@ def train_model(profile: Profile | str, kind: str, train: Pairs, alpha: float | 
     steps = int(steps or {"diffusion": cfg.diffusion_steps, "cvae": cfg.cvae_steps, "prior": cfg.prior_steps}[kind])
     size = train.x.shape[-1]
     record = {"kind": kind, "profile": profile.name, "prediction": profile.prediction, "config": repr(cfg),
-              "alpha": alpha, "beta": beta, "steps": steps, "arch": "v2"}
+              "alpha": alpha, "beta": beta, "steps": steps,
+              "arch": "cvae-linear-output" if kind == "cvae" else "v2"}
     key = cache.hash_inputs({**record, "data": train.digest()})
     root = paths.cache_dir() / "conditional"
     weights = root / f"{kind}-{profile.name}-{key}.pt"
