@@ -9,12 +9,14 @@ perturbation kernel
 where ``K`` is the circulant matrix of the effective kernel (the column of ``A_e`` at the
 central model pixel), with power spectrum ``|FFT(k)|^2 + 1e-3``, so that applying K^(+-1/2)
 costs two FFTs. The network ``s_phi(eta, tau)`` is the Gaussian score of the cutouts'
-stationary part plus a learned correction for everything else (cosmic rays),
+stationary part, applied to the noise minus a learned non-Gaussian part ``g`` (cosmic rays),
 
-    s_phi(eta, tau) = -(N + tau^2 K)^-1 eta + CNN(eta / c_tau, log tau) / c_tau,         (2)
+    s_phi(eta, tau) = -(N + tau^2 K)^-1 (eta - g),   g = c_tau CNN(eta / c_tau, log tau),   (2)
 
 ``N`` the circulant covariance whose power spectrum is estimated from the cutouts with
 pixels beyond 5 robust (MAD) sigma set to zero [e-^2], ``c_tau^2 = mean(N) + tau^2 mean(K)``.
+Predicting ``g`` (in electrons, local) is easier than predicting a score correction, which
+the non-local ``(N + tau^2 K)^-1`` would mix over neighbouring pixels.
 
 Sampler (:func:`sample`): moment-matching posterior steps (as ``samplers.mmps``) with a
 noise score in the likelihood. With ``D(x_t)`` Tweedie's denoiser, ``J`` its Jacobian,
@@ -60,8 +62,14 @@ __all__ = ["KERNEL_REGULARIZATION", "check_cutouts", "GaussianNoiseScore", "Nois
 KERNEL_REGULARIZATION: float = 1e-3
 """Added to the power spectrum of the circulant kernel K (dimensionless, |FFT(k)|^2 <= 1)."""
 
-TAU_RANGE: tuple[float, float] = (1e-2, 1e2)
-"""Training range of the kernel noise std ``tau sqrt(mean K)`` in units of sigma_w."""
+NOISE_SCORE_FORM = "gaussian-score-of-eta-minus-g"
+"""Form of eq. (2), recorded in the cache manifest so that weights of another form are retrained."""
+
+TAU_RANGE: tuple[float, float] = (0.1, 1e2)
+"""Training range of the kernel noise std ``tau sqrt(mean K)`` in units of sigma_w. Below
+0.1 the perturbed noise density barely differs from the noise's own (whose Gaussian part
+already smooths it on the scale sigma_w), while the DSM signal falls as tau^2: smaller
+tau are evaluated at the lower bound."""
 
 
 def _fft_apply(v: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
@@ -158,12 +166,11 @@ class NoiseScoreNet(nn.Module):
         t = tau.float().reshape(-1, 1)
         t = t.expand(-1, e.shape[0] // t.shape[0]).reshape(-1, 1, 1)  # one tau per leading index
         K = self.kernel_ps
-        base = -_fft_apply(e, 1.0 / (self.noise_ps + t**2 * K))  # eq. (2), Gaussian part
         c_tau = (self.sigma_w**2 + t**2 * K.mean()).sqrt()
         lo, hi = self.tau_bounds()
         log_t = torch.log(t.clamp(lo, hi) / self.sigma_w).expand_as(e)
-        delta = self.cnn(torch.stack([e / c_tau, log_t], 1))[:, 0]
-        return (base + delta / c_tau).reshape(shape).to(dtype)
+        g = c_tau * self.cnn(torch.stack([e / c_tau, log_t], 1))[:, 0]  # non-Gaussian part [e-]
+        return -_fft_apply(e - g, 1.0 / (self.noise_ps + t**2 * K)).reshape(shape).to(dtype)  # eq. (2)
 
 
 def dsm_loss(net: NoiseScoreNet, eta0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -197,6 +204,7 @@ def train_noise_score(cutouts, kernel_ps, directory: Path, steps: int = 1500, ba
     noise_ps = robust_power_spectrum(c)
     net = NoiseScoreNet(M, kernel_ps, noise_ps, width)
     inputs = {"cutouts_sha": hashlib.sha256(c.numpy().tobytes()).hexdigest()[:16], "n": len(c),
+              "parametrization": NOISE_SCORE_FORM, "tau_range": list(TAU_RANGE),
               "geometry": net.geometry(), "steps": steps, "batch": batch, "lr": lr, "seed": seed}
     final, ckpt = Path(directory) / "noise_score.pt", Path(directory) / "checkpoint.pt"
     if cache.check_manifest(final, inputs) if final.exists() else False:
