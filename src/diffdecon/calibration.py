@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .arrays import to_numpy
+
 __all__ = [
     "GaussianPrior",
     "exact_posterior",
@@ -299,8 +301,7 @@ def tarp_coverage(samples, truths, references: str = "random", metric: str = "eu
     """
     from tarp import get_tarp_coverage  # lazy: optional heavy import
 
-    s = np.asarray(samples.detach().cpu() if torch.is_tensor(samples) else samples, dtype=np.float64)
-    th = np.asarray(truths.detach().cpu() if torch.is_tensor(truths) else truths, dtype=np.float64)
+    s, th = to_numpy(samples), to_numpy(truths)
     if s.ndim != 3 or th.ndim != 2 or s.shape[1:] != th.shape:
         raise ValueError(
             f"samples {s.shape} and truths {th.shape}: expected (n_samples, n_sims, n_dims) and (n_sims, n_dims)"

@@ -25,7 +25,6 @@ model works in ``2 x - 1``. PSFs: isotropic Gaussians with the published widths
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 
 from . import physics
 from .config import Profile, get_profile
+from .units import sigma_to_fwhm
 
 PUBLISHED = {"retained": {"diffusion": 100.0, "cvae": 53.9}, "variance": {"diffusion": 15.86, "cvae": 15.13},
              "seconds_per_sample": {"diffusion": 10.0, "cvae": 0.01}}
@@ -149,8 +149,7 @@ def gaussian_kernel(sigma_px: float, size: int) -> torch.Tensor:
     sampled at pixel centres (:func:`diffdecon.physics.gaussian_psf`; ``size`` odd)."""
     if not sigma_px > 0:
         raise ValueError(f"sigma_px={sigma_px!r}: expected > 0 [px]")
-    fwhm_px = sigma_px * 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM = 2 sqrt(2 ln 2) sigma
-    return torch.from_numpy(physics.gaussian_psf(fwhm_px, size, pixel_scale_arcsec=1.0)).float()
+    return torch.from_numpy(physics.gaussian_psf(sigma_to_fwhm(sigma_px), size, pixel_scale_arcsec=1.0)).float()
 
 
 def _check_pair(x: torch.Tensor, psf: torch.Tensor) -> int:

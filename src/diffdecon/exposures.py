@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .physics import _convolve_valid, _convolve_valid_adjoint
+from .units import sigma_to_fwhm
 
 __all__ = ["MIN_UPSAMPLING", "ExposureWCS", "default_dithers", "Exposure", "ExposureSet", "psf_fwhm_px"]
 
@@ -114,7 +115,7 @@ def psf_fwhm_px(psf: np.ndarray) -> float:
     w = np.clip(psf, 0, None)
     w = w / w.sum()
     var = 0.5 * ((w.sum(1) * r**2).sum() + (w.sum(0) * r**2).sum())
-    return float(2 * math.sqrt(2 * math.log(2)) * math.sqrt(var))
+    return float(sigma_to_fwhm(math.sqrt(var)))
 
 
 def _check_psf(psf, q: int) -> np.ndarray:

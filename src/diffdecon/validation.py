@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines, calibration, metrics, samplers
+from .arrays import to_numpy
 from .config import Profile, get_profile
 from .errors import DivergenceError
 
@@ -167,8 +168,7 @@ def mock_set(profile: Profile | str, reference, n: int | None = None,
             for i in range(n)]
 
 
-def _np64(a) -> np.ndarray:
-    return np.asarray(a.detach().cpu() if torch.is_tensor(a) else a, dtype=np.float64)
+_np64 = to_numpy  # float64 numpy copy of an array or tensor
 
 
 def score_estimate(truth, estimate, y, operator, sigma) -> dict[str, float]:
