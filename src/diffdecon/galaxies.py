@@ -287,14 +287,8 @@ def dataset_inputs(profile: str | Profile, n: int, seed: int, split: str) -> dic
     }
 
 
-def build_dataset(
-    profile: str | Profile,
-    n: int | None = None,
-    seed: int | None = None,
-    split: str = "train",
-    force: bool = False,
-    workers: int | None = None,
-) -> GalaxyDataset:
+def build_dataset(profile: str | Profile, n: int | None = None, seed: int | None = None, split: str = "train",
+                  force: bool = False, workers: int | None = None) -> GalaxyDataset:
     """Build (or load from the cache) a synthetic dataset of idealized galaxies.
 
     Parameters
@@ -312,15 +306,11 @@ def build_dataset(
         Worker processes (default: all CPU cores, at most one per chunk). The images do
         not depend on it.
 
-    Returns
-    -------
-    :class:`GalaxyDataset`, cached as ``paths.cache_dir()/galaxies/<profile>-<split>-<hash>.npy``
-    with a manifest beside it. Prints ``cache hit`` or ``recomputed``.
-
-    Raises
-    ------
-    ValueError for an unknown profile or split or a non-positive ``n`` / ``workers``.
-    cache.CacheMismatchError if the cached file's manifest records other inputs.
+    Returns a :class:`GalaxyDataset`, cached as
+    ``paths.cache_dir()/galaxies/<profile>-<split>-<hash>.npy`` with a manifest beside it
+    (prints ``cache hit`` or ``recomputed``). Raises ``ValueError`` for an unknown profile or
+    split or a non-positive ``n`` / ``workers``, ``cache.CacheMismatchError`` if the cached
+    file's manifest records other inputs.
     """
     profile = get_profile(profile)
     _check_split(split)

@@ -151,17 +151,12 @@ def prepare_observation(images: np.ndarray | Sequence[np.ndarray], psfs: np.ndar
         background estimates, cropped for the likelihood.
     psfs : ndarray (C, k, k) or C arrays (k, k)
         PSFs on the observation grid (normalised here).
-    z : float
-        Redshift (> 0).
-    profile : Profile or str
+    z : float, redshift (> 0); profile : Profile or str.
     center_xy : (x, y)
         Galaxy position in ``images`` [px, 0-based, x = column, pixel centres at integers].
-    pixel_scale_arcsec : float
-        Observation pixel scale [arcsec/px].
-    wcs : astropy WCS, optional
-        WCS of ``images``; sliced to the window.
-    margin : int
-        Pixels added on each side of the model field [obs px] (:data:`cosmology.WINDOW_MARGIN`).
+    pixel_scale_arcsec : float, observation pixel scale [arcsec/px].
+    wcs : astropy WCS of ``images``, optional; sliced to the window.
+    margin : int, pixels added on each side of the model field [obs px] (:data:`cosmology.WINDOW_MARGIN`).
     sigma : (C,) floats, optional
         Per-band noise [flux per obs px] when it is already known (a loaded target's
         ``noise_sigma``); default :func:`background.estimate_noise_sigma` of the full
