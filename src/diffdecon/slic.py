@@ -28,9 +28,10 @@ trace by Hutchinson probes):
 
     x0_post = D - c_t J^T sum_e F_e^T s(r_e, tau_t).                              (3)
 
-Used as it stands, eq. (3) diverged in the first steps with the asinh-stretched prior: the
-circulant ``tau^2 K`` underestimates ``S_t`` in the directions of the bright pixels, where
-the stretch's Jacobian is large, and the update overshoots there. We therefore turn the
+Used as it stands, eq. (3) diverged in the first steps with the asinh-stretched prior
+(Tweedie estimates of order 1e4 in prior space at the first step): the circulant
+``tau^2 K``, matched to ``S_t`` in trace only, presumably underestimates it in the
+directions of the bright pixels, where the stretch's Jacobian is large. We therefore turn the
 score into the residual its Gaussian part would explain, ``r_eff = -(N + tau^2 K) s(r, tau)``
 (two FFTs; ``r_eff = r`` exactly for a Gaussian score), and solve with the exact
 moment-matched covariance by conjugate gradients as MMPS does:
@@ -207,9 +208,12 @@ def train_noise_score(cutouts, kernel_ps, directory: Path, steps: int = 1500, ba
               "parametrization": NOISE_SCORE_FORM, "tau_range": list(TAU_RANGE),
               "geometry": net.geometry(), "steps": steps, "batch": batch, "lr": lr, "seed": seed}
     final, ckpt = Path(directory) / "noise_score.pt", Path(directory) / "checkpoint.pt"
-    if cache.check_manifest(final, inputs) if final.exists() else False:
-        print(f"[diffdecon] cache hit: noise score {final}")
-        return load_noise_score(final, M, kernel_ps)
+    try:
+        if cache.check_manifest(final, inputs):
+            print(f"[diffdecon] cache hit: noise score {final}")
+            return load_noise_score(final, M, kernel_ps)
+    except cache.CacheMismatchError as err:  # made from other inputs: never reused, retrained
+        print(f"[diffdecon] cached noise score does not match ({err}); retraining it")
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
         torch.manual_seed(seed)
         net = NoiseScoreNet(M, kernel_ps, noise_ps, width)
