@@ -55,7 +55,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import cache
-from .samplers import _alphas_cumprod, _cg, _check_generator, _clip, _ddim_step, _Divergence, _randn, _time_batch, timesteps
+from .samplers import _alphas_cumprod, _check_generator, _clip, _ddim_step, _Divergence, _randn, _time_batch, timesteps
 
 __all__ = ["KERNEL_REGULARIZATION", "check_cutouts", "GaussianNoiseScore", "NoiseScoreNet", "dsm_loss",
            "train_noise_score", "robust_power_spectrum", "load_noise_score", "sample", "likelihood_x0"]
@@ -71,6 +71,26 @@ TAU_RANGE: tuple[float, float] = (0.1, 1e2)
 0.1 the perturbed noise density barely differs from the noise's own (whose Gaussian part
 already smooths it on the scale sigma_w), while the DSM signal falls as tau^2: smaller
 tau are evaluated at the lower bound."""
+
+
+def _cg(matvec, b: torch.Tensor, iters: int) -> torch.Tensor:
+    """Conjugate gradients for M u = b, M symmetric positive definite and block diagonal
+    over the batch (one system per sample: per-sample step sizes)."""
+    def dot(a, c):
+        return (a * c).flatten(1).sum(1).view(-1, *[1] * (a.ndim - 1))
+
+    tiny = torch.finfo(b.dtype).tiny
+    u, res = torch.zeros_like(b), b.clone()
+    p, rs = res.clone(), dot(res, res)
+    for _ in range(iters):
+        Mp = matvec(p)
+        pMp = dot(p, Mp)
+        alpha = torch.where(pMp > 0, rs / pMp.clamp_min(tiny), torch.zeros_like(rs))
+        u, res = u + alpha * p, res - alpha * Mp
+        rs_new = dot(res, res)
+        p = res + torch.where(rs > 0, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs)) * p
+        rs = rs_new
+    return u
 
 
 def _fft_apply(v: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
