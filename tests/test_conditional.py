@@ -309,3 +309,19 @@ def test_every_arm_draws_on_the_same_observations_and_scores(tmp_path):
     fig = cplot.retained_figure(grid, {k: E.retained_curve(s.chi2r, grid) for k, s in scores.items()}, 1.2, 0.99)
     fig = cplot.sweep_figure(p.x[0], {"a": draws["cvae"].samples[0, 0]})
     assert len(plotting.save_figure(fig, "sweep", directory=tmp_path)) == 2
+
+
+def test_one_band_encoder_is_cached_and_gives_64_features(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    keys = ("g_r", "r_i", "disk_re_kpc", "disk_h_over_r", "bulge_frac", "bulge_re_kpc", "bulge_n", "cos_i",
+            "knot_frac", "bar_frac", "has_bar", "arm_amp", "has_arms")
+    catalog = {k: rng.uniform(0.5, 1.5, 40) for k in keys}
+    x = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    feats, r2 = E.one_band_encoder("smoke", x, catalog, steps=3, progress=False)
+    assert "recomputed" in capsys.readouterr().out and len(r2) == 11
+    f = feats(x[:5])
+    assert f.shape == (5, 64) and np.isfinite(f).all()
+    feats2, _ = E.one_band_encoder("smoke", x, catalog, steps=3, progress=False)
+    assert "cache hit" in capsys.readouterr().out
+    np.testing.assert_array_equal(feats2(x[:5]), f)  # the same cached weights

@@ -20,6 +20,7 @@ scored by :func:`score`:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,27 +252,29 @@ def valid_diversity(draws: dict[str, Draw], scores: dict[str, Score], test: Pair
 
 def one_band_encoder(profile: Profile | str, train_x: torch.Tensor, catalog, steps: int | None = None,
                      progress: bool = True):
-    """The package's galaxy encoder (:class:`diffdecon.fid.GalaxyEncoder`) trained on the
+    """The package's galaxy encoder (:class:`diffdecon.galaxy_encoder.GalaxyEncoder`) trained on the
     study's one-band images (``2 x - 1`` in each of its three input channels) to regress the
-    catalogue's physical parameters (:func:`diffdecon.fid.catalog_targets`); cached under
+    catalogue's physical parameters (:func:`diffdecon.galaxy_encoder.catalog_targets`); cached under
     ``<cache>/conditional/``. Returns ``(features, holdout_r2)`` with ``features`` mapping
     ``(k, 1, H, W)`` images in [0, 1] to ``(k, 64)`` float64 features."""
-    from . import fid
+    from . import galaxy_encoder as ge
 
     profile = get_profile(profile)
-    steps = fid.ENCODER_STEPS.get(profile.name, 600) if steps is None else int(steps)
-    digest = cache.hash_inputs({"x": train_x.shape, "sum": float(train_x.double().sum())})
+    steps = ge.ENCODER_STEPS.get(profile.name, 600) if steps is None else int(steps)
+    targets = ge.catalog_targets(catalog)
+    digest = {"x": [list(train_x.shape), hashlib.sha256(train_x.contiguous().numpy().tobytes()).hexdigest()[:16]],
+              "targets": hashlib.sha256(np.ascontiguousarray(targets).tobytes()).hexdigest()[:16]}
     inputs = {"profile": profile.name, "data": digest, "steps": steps, "seed": profile.seed, "arch": "one-band-v1"}
     path = paths.cache_dir() / "conditional" / f"encoder-{profile.name}-{cache.hash_inputs(inputs)}.pt"
 
     def build(tmp: Path) -> None:
-        model, mean, std, r2 = fid._train_encoder((2 * train_x - 1).repeat(1, 3, 1, 1),
-                                                  fid.catalog_targets(catalog), steps, profile.seed, progress)
+        model, mean, std, r2 = ge._train_encoder((2 * train_x - 1).repeat(1, 3, 1, 1), targets, steps,
+                                                 profile.seed, progress)
         torch.save({"state_dict": model.state_dict(), "holdout_r2": r2}, tmp)
 
     cache.cached(path, inputs, build, what=f"one-band galaxy encoder ({profile.name})")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    enc = fid.Encoder(fid.GalaxyEncoder(), np.zeros(1), np.ones(1), state["holdout_r2"], path)
+    enc = ge.Encoder(ge.GalaxyEncoder(), np.zeros(1), np.ones(1), state["holdout_r2"], path)
     enc.model.load_state_dict(state["state_dict"])
     enc.model.requires_grad_(False)
     return (lambda s: enc.features((2 * s - 1).repeat(1, 3, 1, 1))), state["holdout_r2"]
