@@ -166,8 +166,9 @@ r0 = results[0]
 res = {m: st.normalised_residuals(r0[f"{m}_cr_run"].median, ops, sims[0]["y"], background_var) for m in ("slic", "gauss")}
 fig = splot.residuals_figure(res["slic"], res["gauss"], sims[0]["cr"] > 0, r0["name"], P.name)
 _ = plotting.save_figure(fig, "slic_residuals")
-values = {f"{lab}, {cond}": ([r[f"{m}_{cond}"]["cr_excess_mean"] for r in results],
-                             [r[f"{m}_{cond}"]["cr_excess_std"] for r in results])
+data_label = {"cr": "with cosmic rays", "clean": "without"}
+values = {f"{lab}, {data_label[cond]}": ([r[f"{m}_{cond}"]["cr_excess_mean"] for r in results],
+                                         [r[f"{m}_{cond}"]["cr_excess_std"] for r in results])
           for m, lab in (("slic", "SLIC"), ("gauss", "Gaussian")) for cond in ("cr", "clean")}
 fig = splot.cr_flux_figure([r["name"] for r in results], values, P.name)
 _ = plotting.save_figure(fig, "slic_cr_flux")

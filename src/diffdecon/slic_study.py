@@ -44,6 +44,11 @@ TRUTH_MAG = 22.0  # i-band AB magnitude of every truth
 ACS_F814W_ZP = 25.94  # AB magnitude giving 1 e-/s (ACS/WFC F814W, approximate)
 REFERENCE_NOISE_FRACTION = 0.1  # noise of the sharper reference relative to one exposure
 I_BAND = 2
+X0_CLIP = (-2.0, 3.0)
+"""Sanity range of Tweedie's x0 in the sampler [prior space]: it keeps the first steps from
+diverging and never binds on what the prior draws (its own sky reaches x = -1.13, below the
+training images' -1; 3 is far above their brightest pixel, about 1.8). Fixed here so that the
+study's numbers do not move with another module's default."""
 
 
 def acs_like_psf(oversampling: int = PSF_OVERSAMPLING, size: int = PSF_SIZE) -> np.ndarray:
@@ -211,12 +216,11 @@ def posterior(prior, y: np.ndarray, ops: ExposureSet, to_flux, noise_score, seed
               cg_iters: int = 2, progress: bool = False) -> Run:
     """Posterior flux samples for exposures ``y`` (E, M, M) [e-]: :func:`diffdecon.slic.sample`
     with generator seed ``seed`` (the same for both likelihoods) and Tweedie's x0 kept in
-    the sanity range :data:`diffdecon.prior.X0_RANGE`."""
-    from .prior import X0_RANGE
+    the sanity range :data:`X0_CLIP`."""
     from .slic import sample
 
     x = sample(prior, torch.as_tensor(y, dtype=torch.float32), ops, to_flux, noise_score,
-               torch.Generator().manual_seed(seed), n=n, steps=steps, cg_iters=cg_iters, x0_clip=X0_RANGE,
+               torch.Generator().manual_seed(seed), n=n, steps=steps, cg_iters=cg_iters, x0_clip=X0_CLIP,
                progress=progress)
     with torch.no_grad():
         return Run(to_flux(x).double().numpy())
@@ -293,8 +297,9 @@ def latex_table(results: list[dict], profile: str, sizes: dict) -> str:
                "pixels; PSNR [dB], SSIM and interval coverage against the truth (68 and 95\\,\\% over all pixels, 68\\,\\% "
                "over the galaxy's pixels above 5\\,\\% of its peak); last column: PSNR "
                "[dB] against the simulated JWST-like reference.")
-    return table(["truth", "likelihood", "CR flux", "CR flux, clean", r"$\chi^2$", r"$\chi^2$ w/o CR", "PSNR",
-                  "SSIM", "cov.", "PSNR ref."], rows, caption=caption, label="tab:slic")
+    latex = table(["truth", "likelihood", "CR flux", "CR flux, clean", r"$\chi^2$", r"$\chi^2$ w/o CR", "PSNR",
+                   "SSIM", "cov.", "PSNR ref."], rows, caption=caption, label="tab:slic")
+    return latex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{3pt}\n", 1)  # 10 columns
 
 
 def summary_variables(results, verdict, profile: str, sizes: dict, ops: ExposureSet, noise: NoiseModel,
