@@ -142,6 +142,32 @@ for k, s in scores.items():
 print(f"valid-only diversity on the {n_common} observations where every model arm has >= 2 valid candidates:",
       {k: round(v[0], 4) for k, v in valid_div.items()})
 
+# %% [markdown]
+# ## What the numbers say
+#
+# An arm whose median reduced $\chi^2$ is above the threshold does not fit the data at the
+# noise level, so its diversity includes model error; diversity is compared with the truth
+# plus one noise realisation (the spread that noise alone gives), with non-overlapping 95 %
+# intervals as the criterion.
+
+# %%
+floor = scores["truth + noise"].diversity
+verdicts = {}
+for k, s in scores.items():
+    if k in ev.REFERENCES:
+        continue
+    med = np.nanmedian(s.chi2r)
+    fit = "fits" if med < thr else "does not fit"
+    if s.diversity[1] > floor[2]:
+        div = "more diverse than"
+    elif s.diversity[2] < floor[1]:
+        div = "less diverse than"
+    else:
+        div = "as diverse as"  # the 95 % intervals overlap
+    verdicts[k] = (fit, div)
+    print(f"{k}: median chi2_r {med:.3g} vs {thr:.3f}: {fit} the data at the noise level; "
+          f"{s.retained[0]:.1f} % valid; {div} a noise realisation")
+
 # %%
 def ci(t, f="{:.3g}", scale=1.0):
     if not np.isfinite(t[0]):
@@ -197,6 +223,9 @@ for key, k in (("Obs", "observation"), ("Truth", "truth"), ("TruthNoise", "truth
                   f"CondVarGal{key}": f"{1e4 * scores[k].galaxy_var[0]:.3g}",
                   f"CondVarSky{key}": f"{1e4 * scores[k].sky_var[0]:.3g}",
                   f"CondVarLo{key}": v(k, "diversity", 1), f"CondVarHi{key}": v(k, "diversity", 2)}
+for key, k in (("Diffusion", "conditional diffusion"), ("CVAE", "CVAE"), ("MMPS", "prior + MMPS"),
+               ("DPS", "prior + DPS")):
+    variables |= {f"CondFit{key}": verdicts[k][0], f"CondDiv{key}": verdicts[k][1]}
 manuscript.write_variables("cvae_vs_diffusion", variables)
 
 # %% [markdown]
