@@ -332,3 +332,20 @@ def summary_variables(results, verdict, profile: str, sizes: dict, ops: Exposure
         out[f"SlicCovGalaxy{lab}"] = round(mean(m, "cr", "cov68_galaxy"), 2)
         out[f"SlicRefPSNR{lab}"] = round(mean(m, "cr", "reference_psnr"), 1)
     return out
+
+
+def discounted_fraction(net, truth: np.ndarray, y_clean: np.ndarray, ops: ExposureSet) -> tuple[float, float]:
+    """How much of the true noise (background and source shot noise, no cosmic rays) the noise
+    score treats as non-Gaussian at its smallest tau: ``sum |g| / sum |eta|`` with
+    ``eta = y - A truth`` and ``g = eta + (N + tau^2 K) s_phi(eta)`` (eq. 2), on the galaxy's
+    core (noiseless exposure flux above 30 % of its peak) and elsewhere [dimensionless]."""
+    from .slic import _fft_apply
+
+    At = ops.A(torch.as_tensor(truth)[None])
+    eta = torch.as_tensor(y_clean)[None] - At
+    tau = torch.full((1,), net.tau_bounds()[0], dtype=torch.float64)
+    with torch.no_grad():
+        g = (eta + _fft_apply(net(eta, tau), net.covariance_ps(tau))).abs()[0].numpy()
+    core = (At[0] > 0.3 * At.max()).numpy()
+    e = eta.abs()[0].numpy()
+    return float(g[core].sum() / e[core].sum()), float(g[~core].sum() / e[~core].sum())
