@@ -129,7 +129,8 @@ def test_mmps_equals_ddim_on_exact_posterior(problem):
     prior, A, y, forward = problem
     mp, Sp = exact_posterior(prior.mu, prior.Sigma, A, SIGMA_Y, y)
     post = GaussianPrior(mp, Sp, shape=(1, SIDE, SIDE))
-    a = mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(7), 4, steps=20, cg_iters=40, progress=False)
+    a = mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(7), 4, steps=20, cg_iters=40, progress=False,
+             covariance="tweedie")
     b = ddim_sample(post, 4, torch.Generator().manual_seed(7), steps=20, eta=1.0, progress=False)
     # float64 round-off accumulated over 20 steps and 40 CG iterations: 1e-6 prior units.
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

@@ -244,9 +244,10 @@ def _load_prior(args, prior):
 
 
 def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
+    import numpy as np
     import torch
 
-    from .deconvolution import deconvolve
+    from .deconvolution import CHI2_CONVERGED, deconvolve
     from .reference_samples import prior_samples
     from .result_fits import write_result
 
@@ -266,7 +267,12 @@ def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
     print(f"[diffdecon] wrote {args.output} ({result.n} samples, {result.wall_time_s:.1f} s; reduced chi2 {chi2}; "
           f"variance ratio in r={problem.profile.aperture_radius_px:g} px: {result.variance_ratio_aperture:.4f})",
           file=sys.stderr)
-    if max(result.chi2) > CHI2_WARNING:
+    if not result.converged:
+        print(f"[diffdecon] warning: the posterior samples do not fit the data (median reduced chi2 of the samples "
+              f"{float(np.median(result.chi2_samples)):.2f} > {CHI2_CONVERGED:g}; header CONVERGD = F): more "
+              "sampling steps or CG iterations, or a source the prior cannot represent (a neighbour or a point "
+              "source in the window, a wrong redshift or PSF)", file=sys.stderr)
+    elif max(result.chi2) > CHI2_WARNING:
         print(f"[diffdecon] warning: reduced chi2 above {CHI2_WARNING:g}: the posterior mean does not explain the "
               "data (an untrained or mismatched checkpoint, a wrong redshift or PSF, or a neighbour in the window?)",
               file=sys.stderr)

@@ -96,7 +96,8 @@ class Profile:
     sampling_steps : int
         Steps of the posterior samplers (DPS as published uses ``diffusion_steps``).
     cg_iters : int
-        Conjugate-gradient iterations per MMPS step (each costs about two UNet passes).
+        Conjugate-gradient iterations per MMPS step (each a product by ``A`` and by ``A^T``;
+        the network is not involved with the default isotropic covariance).
     n_posterior, n_prior : int
         Posterior samples per target (paper: 256) and unconditional prior samples for
         the variance ratio (paper: 1024).
@@ -124,7 +125,7 @@ class Profile:
     n_mock: int
     diffusion_steps: int = 1000
     prediction: str = "epsilon"
-    cg_iters: int = 5
+    cg_iters: int = 20
     bands: tuple[str, ...] = BANDS
     asinh_a: float = 0.01
     lr: float = 1e-4
@@ -215,12 +216,10 @@ PROFILES: dict[str, Profile] = {
         shift_start_fraction=0.0,
         batch_size=256,
         checkpoint_every=500,
-        # Posterior sampling dominates the notebooks' CPU time (a UNet pass with its VJP
-        # per sample and step, 1 + 2 * (cg_iters + 1) passes for MMPS): 20 steps with 2 CG
-        # iterations, 16 samples per target, 64 prior samples and 8 mock observations keep
-        # `make paper` near an hour.
+        # Posterior sampling dominates the notebooks' CPU time: MMPS with the isotropic
+        # covariance costs one network evaluation per step plus cg_iters products by A and A^T.
         sampling_steps=20,
-        cg_iters=2,
+        cg_iters=10,
         n_posterior=16,
         n_prior=64,
         n_mock=8,

@@ -24,7 +24,8 @@ from .metrics import reduced_chi2
 from .prior import X0_RANGE
 from .problem import InverseProblem
 
-__all__ = ["SAMPLERS", "DIVERGED_ABS", "PosteriorResult", "deconvolve"]
+__all__ = [
+    "CHI2_CONVERGED", "SAMPLERS", "DIVERGED_ABS", "PosteriorResult", "deconvolve"]
 
 SAMPLERS: tuple[str, ...] = ("mmps", "dps")
 
@@ -50,6 +51,9 @@ class PosteriorResult:
         Pixel-wise posterior mean and standard deviation of the flux [flux per model px].
     chi2 : ndarray (C,)
         Reduced chi^2 per band of ``A(mean)`` against ``y`` (dof = pixels per band).
+    chi2_samples : ndarray (n,)
+        Reduced chi^2 of every sample's ``A(x)`` against ``y`` (all bands); ~1 for samples
+        that fit the data to the noise. :attr:`converged` tests its median.
     variance_ratio : Tensor (H, W)
         Posterior / prior variance in the [0, 1] display space, averaged over bands
         (:func:`diffdecon.posterior.variance_ratio`).
@@ -74,6 +78,19 @@ class PosteriorResult:
     seed: int | None
     wall_time_s: float
     problem: InverseProblem
+    chi2_samples: np.ndarray | None = None
+
+    @property
+    def converged(self) -> bool:
+        """Whether the median sample fits the data: median of :attr:`chi2_samples` at most
+        :data:`CHI2_CONVERGED` (a sampler that has not converged leaves residuals far above
+        the noise; a prior that cannot represent the data does too)."""
+        return self.chi2_samples is None or float(np.median(self.chi2_samples)) <= CHI2_CONVERGED
+
+
+CHI2_CONVERGED: float = 2.0
+"""Median per-sample reduced chi^2 above which a posterior is reported as not converged (the
+samples miss the data by more than the noise; calibrated samplers give about 1)."""
 
 
 def _per_sample_generators(generator: torch.Generator, n: int) -> list[torch.Generator]:
@@ -126,12 +143,17 @@ def deconvolve(problem: InverseProblem, prior, sampler: str = "mmps", n: int | N
     samples = _sample(problem, prior, sampler, n, steps, generator, batch_size, progress, sampler_kwargs)
     wall = time.perf_counter() - t0
     flux, mean, std, chi2 = _flux_summaries(problem, samples, sampler)
+    with torch.no_grad():
+        Ax = problem.operator.A(flux)
+        r = (problem.y.double() - Ax) / problem.sigma.double().view(1, -1, 1, 1)
+    chi2_samples = to_numpy(r.pow(2).flatten(1).mean(1))
     ref = reference_samples.prior_samples(prior, progress=progress) if prior_samples is None else prior_samples
     vr = posterior.variance_ratio(samples, ref.to(samples.dtype))
     vr_ap = float(posterior.aperture_mean(vr, P.aperture_radius_px))
     return PosteriorResult(samples=samples, flux_samples=flux, mean=mean, std=std, chi2=chi2,
                            variance_ratio=torch.as_tensor(vr), variance_ratio_aperture=vr_ap,
-                           sampler=sampler, steps=steps, n=n, seed=seed, wall_time_s=wall, problem=problem)
+                           sampler=sampler, steps=steps, n=n, seed=seed, wall_time_s=wall, problem=problem,
+                           chi2_samples=chi2_samples)
 
 
 def _check_arguments(problem: InverseProblem, prior, sampler: str, n, steps) -> None:
@@ -155,6 +177,8 @@ def _sample(problem: InverseProblem, prior, sampler: str, n: int, steps: int, ge
     sampler_kwargs.setdefault("x0_clip", X0_RANGE)  # sanity range of Tweedie's x0, see prior.X0_RANGE
     if sampler == "mmps":
         sampler_kwargs.setdefault("cg_iters", problem.profile.cg_iters)
+        if sampler_kwargs.get("covariance", "isotropic") == "isotropic":
+            sampler_kwargs.setdefault("precond", problem.normal_diagonal)  # Jacobi preconditioner of the CG solve
     chunks = []
     starts = range(0, n, batch_size)
     for i in tqdm(starts, desc=f"{sampler} {problem.name}", unit="batch", disable=not progress or len(starts) == 1):

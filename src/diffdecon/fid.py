@@ -32,7 +32,6 @@ from .config import Profile, get_profile
 # the encoder's names stay importable from here (the FID's feature extractor)
 from .galaxy_encoder import (ENCODER_STEPS, FEATURE_DIM, TARGET_FIELDS, Encoder, GalaxyEncoder,  # noqa: F401
                              _train_encoder, catalog_targets, galaxy_encoder)
-from .prior import X0_RANGE
 from .reference_samples import prior_samples
 
 FEATURE_LABEL = "galaxy-encoder features (not Inception)"
@@ -164,8 +163,11 @@ def inception_features(x: torch.Tensor, batch: int = 50) -> np.ndarray:
 # --------------------------------------------------------------------------- FID of a prior
 
 
-X0_CLIP = X0_RANGE
-"""Range to which Tweedie's x0 is clipped in unconditional sampling (:data:`diffdecon.prior.X0_RANGE`)."""
+X0_CLIP: tuple[float, float] = (-1.0, 3.0)
+"""Range to which Tweedie's x0 is clipped in the FID's unconditional samples [prior space]:
+the range of the training images (x = -1 is zero flux) up to far above their brightest pixel.
+Kept apart from the wider posterior-sampling range :data:`diffdecon.prior.X0_RANGE` so that
+the committed FID table stays reproducible."""
 
 
 def training_floor(encoder: Encoder, x_train: torch.Tensor, n: int, seed: int) -> float:

@@ -304,6 +304,29 @@ class ForwardModel(torch.nn.Module):
         out = R_y.T @ padded @ R_x
         return out[0] if single else out
 
+    def column_norms_sq(self) -> torch.Tensor:
+        """``diag(A^T A)``: the squared norm of each column of ``A``, (C, image_size, image_size)
+        [(obs px / model px)^2 flux ratio, dimensionless], float64.
+
+        Column ``j`` of ``A`` is the PSF convolved with the outer product of column ``j`` of
+        the rebinning matrices (a few obs px wide), so ``||A e_j||^2 = sum_d P(d) S_y(d) S_x(d)``
+        with ``P`` the PSF's autocorrelation and ``S(d)_j = sum_k R[k, j] R[k + d, j]`` at lags
+        ``d`` within the rebinning support. Exact up to the PSF light that falls outside the
+        observation window (columns near the edge of a window with a small margin); used as
+        the Jacobi preconditioner of the posterior samplers, where that is harmless.
+        """
+        R_y, R_x, w = (torch.as_tensor(a, dtype=torch.float64) for a in self._masters)
+        psf = w[:, 0].flip(-2, -1)  # (C or 1, k, k)
+        L = int(math.ceil(self.model_pixel_width)) + 1  # largest lag with overlapping rebinning weights
+        P = F.conv2d(F.pad(psf[None], (L, L, L, L)), psf[:, None], groups=psf.shape[0])[0]  # (C, 2L+1, 2L+1)
+
+        def lagged(R: torch.Tensor) -> torch.Tensor:  # S(d)_j for d = -L..L: (2L+1, image_size)
+            n = R.shape[0]
+            return torch.stack([(R[max(0, -d): n - max(0, d)] * R[max(0, d): n + min(0, d)]).sum(0)
+                                for d in range(-L, L + 1)])
+
+        return torch.einsum("cab,aj,bk->cjk", P, lagged(R_y), lagged(R_x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.A(x)
 

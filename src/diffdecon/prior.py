@@ -37,12 +37,15 @@ from .config import Profile, get_profile
 # --------------------------------------------------------------------------- schedule
 
 
-X0_RANGE: tuple[float, float] = (-1.0, 3.0)
-"""Sanity range of Tweedie's x0 during sampling [prior space]: x = -1 is zero flux
-(idealized images have none below) and 3 is far above the brightest training pixel (about
-1.8), so the clip never binds on a plausible image; like improved DDPM's
-``clip_denoised`` it keeps the first steps, where 1/sqrt(abar_t) reaches 2e4, of an
-imperfect model from diverging (and the asinh inverse from overflowing)."""
+X0_RANGE: tuple[float, float] = (-2.0, 3.0)
+"""Sanity range of Tweedie's x0 during posterior sampling [prior space]. Like improved
+DDPM's ``clip_denoised`` it keeps the first steps, where 1/sqrt(abar_t) reaches 2e4, of an
+imperfect model from diverging (and the asinh inverse from overflowing), and it must not
+bind on anything the prior itself draws: 3 is far above the brightest training pixel (about
+1.8), and the lower bound lies below the prior's own sky, whose unconditional samples reach
+x = -1.13 (negative flux) although the training images stop at x = -1. Clipping at -1
+forbids that sky, and on truths drawn from the prior the posterior samples then miss the
+data by tens of noise sigma at high signal-to-noise."""
 
 def cosine_alphas_cumprod(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """Cosine schedule of Nichol & Dhariwal (2021), eq. 17, as ``abar_t`` for ``t = 0..T-1``.
@@ -268,6 +271,14 @@ def unstretch(x, a: float):
     """Exact inverse of :func:`stretch`: ``a sinh((x + 1) asinh(1/a) / 2)`` [normalised flux]."""
     lib = torch if isinstance(x, torch.Tensor) else np
     return a * lib.sinh((x + 1) * math.asinh(1 / a) / 2)
+
+
+def unstretch_derivative(x, a: float):
+    """``d unstretch / dx = a cosh((x + 1) k) k``, ``k = asinh(1/a) / 2`` [normalised flux per
+    prior-space unit]: how much flux one step in prior space is worth at ``x``."""
+    lib = torch if isinstance(x, torch.Tensor) else np
+    k = math.asinh(1 / a) / 2
+    return a * k * lib.cosh((x + 1) * k)
 
 
 def normalise(flux: torch.Tensor, profile: Profile | str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ from . import data, paths, physics
 from .background import background_level, estimate_noise_sigma
 from .config import BANDS, HSC_PIXEL_SCALE, Profile, get_profile
 from .cosmology import WINDOW_MARGIN, window_side
-from .prior import unstretch
+from .prior import unstretch, unstretch_derivative
 
 __all__ = ["InverseProblem", "prepare_observation", "prepare_target", "from_mock", "present_targets"]
 
@@ -112,6 +112,18 @@ class InverseProblem:
     def to_flux(self, x: torch.Tensor) -> torch.Tensor:
         """Prior space ``x`` -> model flux ``s * unstretch(x)`` [flux per model px]."""
         return self.scale * unstretch(x, self.profile.asinh_a)
+
+    def normal_diagonal(self, x: torch.Tensor) -> torch.Tensor:
+        """``diag(A_x^T Sigma_y^-1 A_x)`` of the forward model linearised at prior-space ``x``
+        (B, C, H, W) [1 / prior-space units^2]: the Jacobi preconditioner of
+        :func:`diffdecon.mmps.mmps` (``precond``). ``A_x = A diag(s unstretch'(x))``, so the
+        diagonal is ``(s unstretch'(x))^2 diag(A^T A) / sigma_y^2`` per band."""
+        norms = getattr(self, "_column_norms", None)
+        if norms is None:
+            norms = self.operator.column_norms_sq() / self.sigma.detach().double().cpu().view(-1, 1, 1) ** 2
+            self._column_norms = norms
+        ds = self.scale * unstretch_derivative(x.detach(), self.profile.asinh_a)
+        return ds**2 * norms.to(device=x.device, dtype=x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Prior space ``x`` (B, C, H, W) -> observation flux ``A(s * unstretch(x))``

@@ -122,6 +122,9 @@ def provenance_header(result, prior):
         hdr[f"CHI2_{b.upper()}"] = (float(result.chi2[c]), f"reduced chi2 of A(mean), band {b}")
         hdr[f"SIGMA_{b.upper()}"] = (float(pb.sigma[c]), f"[flux/px] noise sigma, band {b}")
         hdr[f"BKG_{b.upper()}"] = (float(pb.background[c]), f"background subtracted, band {b}")
+    if result.chi2_samples is not None:
+        hdr["CHI2SMED"] = (float(np.median(result.chi2_samples)), "median reduced chi2 of A(sample), all bands")
+        hdr["CONVERGD"] = (bool(result.converged), "posterior samples fit the data (CHI2SMED small)")
     hdr["VRAPER"] = (result.variance_ratio_aperture, "mean variance ratio in the aperture")
     hdr["VRRAD"] = (P.aperture_radius_px, "[model px] aperture radius")
     if pb.ra is not None:

@@ -38,6 +38,7 @@ __all__ = [
     "dps_guidance",
     "mmps",
     "mmps_x0",
+    "mmps_isotropic_x0",
 ]
 
 Generator = torch.Generator | Sequence[torch.Generator]
@@ -460,134 +461,14 @@ def dps(
     return div.finish(x.detach())
 
 
-# ------------------------------------------------------------------ MMPS
+_MMPS_NAMES = ("mmps", "mmps_x0", "mmps_isotropic_x0")
 
 
-def _cg(matvec, b: torch.Tensor, iters: int) -> torch.Tensor:
-    """Batched conjugate gradients for M u = b, M symmetric positive definite and block
-    diagonal over the batch (one independent system per sample: per-sample scalars)."""
-    u = torch.zeros_like(b)
-    res = b.clone()
-    p = res.clone()
-    rs = _bdot(res, res)
-    for _ in range(iters):
-        Mp = matvec(p)
-        pMp = _bdot(p, Mp)
-        alpha = torch.where(pMp > 0, rs / pMp.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
-        u = u + alpha * p
-        res = res - alpha * Mp
-        rs_new = _bdot(res, res)
-        beta = torch.where(rs > 0, rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
-        p = res + beta * p
-        rs = rs_new
-    return u
+def __getattr__(name: str):
+    """MMPS lives in :mod:`diffdecon.mmps` (which imports this module's helpers); its
+    functions are re-exported here lazily so that ``samplers.mmps`` keeps working."""
+    if name in _MMPS_NAMES:
+        from . import mmps as _mmps
 
-
-def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=None):
-    """Posterior denoiser of Moment Matching Posterior Sampling (Rozet et al. 2024).
-
-    VP Tweedie covariance. With alpha_t = sqrt(abar_t), sigma_t^2 = 1 - abar_t and
-    D(x_t) = E[x0 | x_t] = (x_t + sigma_t^2 grad log p(x_t)) / alpha_t, differentiating
-    gives J = dD/dx_t = (I + sigma_t^2 H) / alpha_t (H the Hessian of log p(x_t)), and the
-    second-order Tweedie formula Cov[x0 | x_t] = (sigma_t^2 / alpha_t^2)(I + sigma_t^2 H), so
-
-        V_t = Cov[x0 | x_t] = (sigma_t^2 / alpha_t) J = ((1 - abar_t) / sqrt(abar_t)) J.
-
-    Moment matching p(x0 | x_t) ~ N(D, V_t) and a linear(ised) forward model A (the
-    Jacobian of ``forward`` at D(x_t) for a non-linear ``forward``: y ~ forward(D) + A (x0 - D))
-    give p(y | x_t) ~ N(forward(D), Sigma_y + A V_t A^T) and
-
-        grad_{x_t} log p(y | x_t) ~ J^T A^T (Sigma_y + A V_t A^T)^-1 (y - forward(D)).
-
-    The linear system is solved per sample with ``cg_iters`` conjugate-gradient iterations
-    on the whitened system (I + Sigma_y^-1/2 A V_t A^T Sigma_y^-1/2) u' = Sigma_y^-1/2 r,
-    using only vector-Jacobian products (J is symmetric, so J v = J^T v; A v is a
-    double-backward JVP). The posterior score s + grad log p(y|x_t) gives, by Tweedie,
-
-        x0_post = D + (sigma_t^2 / alpha_t) J^T A^T u = D + V_t A^T (Sigma_y + A V_t A^T)^-1 (y - forward(D)),
-
-    the Gaussian conditioning update. With ``x0_clip`` the denoiser D and x0_post are
-    clipped to that range (None, c or (lo, hi); default None). Returns (x0_post, D), both
-    detached.
-    """
-    if not isinstance(cg_iters, int) or cg_iters < 1:
-        raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
-    a = float(_alphas_cumprod(prior)[t])
-    c = (1.0 - a) / a**0.5  # sigma_t^2 / alpha_t
-    x = x_t.detach().requires_grad_(True)
-    with torch.enable_grad():
-        # an optional sanity clip of D (zero Jacobian where it binds), see prior.X0_RANGE
-        D = _clip(prior.x0_hat(x, _time_batch(t, x.shape[0], x.device)), x0_clip)
-        Dd = D.detach().requires_grad_(True)
-        AD = forward(Dd)
-        v0 = torch.zeros_like(AD, requires_grad=True)
-        (At_v0,) = torch.autograd.grad(AD, Dd, v0, create_graph=True)  # A^T v0, linear in v0
-
-        def vjp_D(w):  # J^T w
-            return torch.autograd.grad(D, x, w, retain_graph=True)[0]
-
-        def vjp_A(v):  # A^T v
-            return torch.autograd.grad(AD, Dd, v, retain_graph=True)[0]
-
-        def jvp_A(u):  # A u = d/dv0 <A^T v0, u> (double backward)
-            return torch.autograd.grad(At_v0, v0, u, retain_graph=True)[0]
-
-        def matvec(v):  # whitened Sigma_y^-1/2 (Sigma_y + c A J A^T) Sigma_y^-1/2 v
-            return v + c * jvp_A(vjp_D(vjp_A(v / sigma_y))) / sigma_y
-
-        r = y - AD.detach()
-        u = _cg(matvec, r / sigma_y, cg_iters) / sigma_y  # (Sigma_y + A V A^T)^-1 r
-        x0_post = _clip(D.detach() + c * vjp_D(vjp_A(u)), x0_clip)
-    return x0_post.detach(), D.detach()
-
-
-def mmps(
-    prior: Any,
-    y,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    sigma_y,
-    generator: Generator,
-    n: int,
-    steps: int = 100,
-    cg_iters: int = 5,
-    eta: float = 1.0,
-    shape: Sequence[int] | None = None,
-    on_divergence: str = "raise",
-    max_abs: float = 1e6,
-    progress: bool = True,
-    x0_clip=None,
-):
-    """Moment Matching Posterior Sampling (Rozet et al. 2024) with DDIM steps.
-
-    At each of ``steps`` respaced times the prior score is corrected by the MMPS likelihood
-    score (:func:`mmps_x0`), and a DDIM step (Song et al. 2021, eq. 12) is taken with the
-    posterior Tweedie estimate x0_post and eps_post = (x_t - sqrt(abar_t) x0_post) /
-    sqrt(1 - abar_t). ``eta = 1`` (default) is the ancestral DDPM step with variance
-    beta_tilde; ``eta = 0`` the deterministic DDIM step.
-
-    Parameters are those of :func:`dps` (``y`` and ``sigma_y`` in observation flux units,
-    ``forward`` from prior space to observation flux), plus ``cg_iters`` conjugate-gradient
-    iterations per step, ``eta`` in [0, 1] and ``x0_clip`` (see :func:`mmps_x0`). Returns ``(n, C, H, W)`` prior-space
-    samples, or ``(x, valid)`` with ``on_divergence="mask"``.
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: expected a positive int")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
-    if not isinstance(cg_iters, int) or cg_iters < 1:
-        raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
-    _check_generator(generator, n)
-    abar = _alphas_cumprod(prior)
-    ts = timesteps(abar.numel(), steps)
-    a_t, a_prev = _step_coefficients(abar, ts)
-    C, H, W = _sample_shape(prior, shape)
-    dtype, device = _prior_dtype_device(prior)
-    y, sigma = _prepare_observation(y, sigma_y, n, dtype, device)
-    x = _randn((n, C, H, W), generator, dtype, device)
-    div = _Divergence(n, on_divergence, "mmps", max_abs, device)
-    for i, t in enumerate(tqdm(ts.tolist(), desc="mmps", disable=not progress, leave=False)):
-        x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
-        z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
-        x = _ddim_step(x, x0_post, float(a_t[i]), float(a_prev[i]), z, eta)
-        x = div.check(x, i, t)
-    return div.finish(x.detach())
+        return getattr(_mmps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

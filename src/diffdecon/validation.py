@@ -85,6 +85,8 @@ class SamplerSettings:
         DPS guidance scale in the ``paper`` convention (published: 1, i.e. zeta_t = 1/||r||).
     note : str
         What differs from the published set-up, and why (quoted in table captions).
+    mmps_covariance : str
+        ``covariance`` of :func:`diffdecon.mmps.mmps` (``"isotropic"`` or ``"tweedie"``).
     """
 
     n: int
@@ -93,37 +95,32 @@ class SamplerSettings:
     dps_steps: int
     dps_zeta: float = 1.0
     note: str = ""
-
-
-QUICK_MMPS_STEPS, QUICK_MMPS_CG = 30, 3
-"""MMPS budget of the quick profile's validation and magnitude sweep (see :func:`sampler_settings`)."""
+    mmps_covariance: str = "isotropic"
 
 
 def sampler_settings(profile: Profile | str) -> SamplerSettings:
-    """The sampler budget of ``profile``.
+    """The sampler budget of ``profile``: MMPS with the isotropic covariance and a Jacobi-
+    preconditioned CG solve (:mod:`diffdecon.mmps`), ``sampling_steps`` steps of
+    ``cg_iters`` iterations each (one network evaluation per step; a CG iteration costs a
+    product by ``A`` and one by ``A^T``), and DPS.
 
-    * ``paper``: ``n_posterior`` samples, MMPS 100 steps (5 CG iterations), DPS with all
-      ``diffusion_steps`` (1000) as published.
-    * ``quick`` (a 2-core CPU): ``n_posterior`` samples, MMPS 30 steps x 3 CG iterations
-      (about 9 forward-equivalents of the UNet per step), DPS ``sampling_steps`` steps.
-      Fewer do not resolve the bright end: on the magnitude sweep (8 samples, mags 18 / 20
-      / 23) 20 x 2 gave aperture variance ratios 0.048 / 0.054 / 0.055 and chi^2 951 at
-      mag 18, 30 x 3 gave 0.024 / 0.033 / 0.094 and chi^2 134 (29 s per 8-sample
-      posterior, 2 threads). Measured on the shared 2-core machine (1 thread, training
-      running): a batch-16 forward + VJP of the quick UNet takes 2.8 s, a batch-1 one 0.18 s,
-      so 1000-step DPS costs about 3 minutes per sample and is out of reach for every mock
-      (``bench/bench_sampling.py`` measures it).
+    * ``paper``: ``n_posterior`` samples, MMPS 100 steps, DPS with all ``diffusion_steps``
+      (1000) as published.
+    * ``quick`` (a 2-core CPU): ``n_posterior`` samples, MMPS ``sampling_steps`` steps,
+      DPS ``sampling_steps`` steps: 1000-step DPS costs minutes per sample on the CPU.
+      ``bench/bench_calibration.py`` checks these settings on truths drawn from the prior.
     * ``smoke``: a handful of steps; numbers mean nothing.
     """
     P = get_profile(profile)
     if P.name == "paper":
-        return SamplerSettings(P.n_posterior, min(100, P.sampling_steps), 5, P.diffusion_steps,
-                               note="as published (DPS 1000 steps)")
+        return SamplerSettings(P.n_posterior, min(100, P.sampling_steps), P.cg_iters, P.diffusion_steps,
+                               note="DPS as published (1000 steps); MMPS 100 steps")
     if P.name == "quick":
-        return SamplerSettings(P.n_posterior, QUICK_MMPS_STEPS, QUICK_MMPS_CG, P.sampling_steps,
-                               note=f"CPU budget: {P.n_posterior} samples, MMPS {QUICK_MMPS_STEPS} steps x "
-                                    f"{QUICK_MMPS_CG} CG, DPS {P.sampling_steps} steps (published 1000)")
-    return SamplerSettings(P.n_posterior, P.sampling_steps, 2, P.sampling_steps,
+        return SamplerSettings(P.n_posterior, P.sampling_steps, P.cg_iters, P.sampling_steps,
+                               note=f"CPU budget: {P.n_posterior} samples, MMPS {P.sampling_steps} steps x "
+                                    f"{P.cg_iters} CG (isotropic covariance), DPS {P.sampling_steps} steps "
+                                    "(published 1000)")
+    return SamplerSettings(P.n_posterior, P.sampling_steps, P.cg_iters, P.sampling_steps,
                            note="smoke profile: numbers mean nothing")
 
 
@@ -441,7 +438,7 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
 
     Returns
     -------
-    {"mmps": errors, "dps_<convention>_<zeta>": errors, ...} with the keys of
+    {"mmps": errors, "mmps_isotropic": errors, "dps_<convention>_<zeta>": errors, ...} with the keys of
     :func:`calibration.posterior_moment_errors` (mean error in posterior std, variance
     ratio, W2, chi^2) plus ``steps``, ``label`` and, for DPS, ``convention`` and ``zeta``.
     """
@@ -463,10 +460,14 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
         return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, h, h)
 
     out = {}
-    xm = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 1), n,
-                       steps=mmps_steps, cg_iters=cg_iters, progress=progress)
-    out["mmps"] = dict(calibration.posterior_moment_errors(xm, mu_post, Sigma_post), steps=mmps_steps,
-                       label=f"MMPS ({mmps_steps} steps, {cg_iters} CG)")
+    # The Tweedie covariance is exact for a Gaussian prior; the isotropic one (the default on
+    # networks) approximates it, and this row measures what that costs where the answer is known.
+    for key, cov, label in (("mmps", "tweedie", "MMPS, Tweedie covariance"),
+                            ("mmps_isotropic", "isotropic", "MMPS, isotropic covariance")):
+        xm = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 1), n,
+                           steps=mmps_steps, cg_iters=cg_iters, progress=progress, covariance=cov)
+        out[key] = dict(calibration.posterior_moment_errors(xm, mu_post, Sigma_post), steps=mmps_steps,
+                        label=f"{label} ({mmps_steps} steps, {cg_iters} CG)")
     for conv, zeta in dps_settings:
         xd = samplers.dps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 2), n,
                           steps=dps_steps, zeta=zeta, convention=conv, progress=progress)

@@ -1,0 +1,274 @@
+"""Calibration where the answer is known: simulation-based calibration of a posterior sampler.
+
+Truths are drawn from the prior itself (``prior_draws``) or taken from held-out synthetic
+galaxies (``heldout``), set to a total magnitude, observed through the HSC-like forward model
+and noise, and inverted. On prior draws the generative model of the test is exactly the one
+the sampler assumes (the truth's flux scale is given to the sampler, not estimated), so a
+correct sampler is calibrated there whatever the prior's quality; on held-out galaxies the
+gap to that is the prior's misspecification.
+
+Statistics (:func:`summarise`):
+
+* ``chi2_sample``: reduced chi^2 of every sample's ``A(x)`` against its ``y`` (~1 when the
+  samples fit the data to the noise);
+* interval coverage of the 68 % / 95 % central intervals per pixel, overall and per pixel
+  class of the truth's surface brightness in units of the noise sigma (``sky`` < 1,
+  ``faint`` 1-10, ``galaxy`` >= 10), against the *finite-sample* target: with ``n``
+  samples a calibrated sampler's empirical quantile interval covers less than its nominal
+  level (:func:`finite_sample_coverage`);
+* TARP (Lemos et al. 2023) on prior-space pixels without min-max normalisation, so that
+  near-empty sky pixels, whose range over the truths is tiny, cannot dominate the distance;
+  its maximum deviation from the diagonal is compared with ``tarp_null_95``, the 95th
+  percentile of the same statistic for a perfectly calibrated sampler with the same numbers
+  of truths and samples (:func:`tarp_null`);
+* ranks of the truth among the samples (simulation-based calibration, Talts et al. 2018) for
+  the total flux, the half-light radius and the pixels of the galaxy class, with a chi^2
+  test of uniformity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import mock, problem as problem_mod, samplers
+from .arrays import to_numpy
+from .calibration import tarp_coverage
+from .config import Profile
+from .prior import X0_RANGE, unstretch
+from .units import mag_to_flux
+
+__all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "CalibrationCase", "truth_images", "make_cases", "posterior_draws",
+           "finite_sample_coverage", "tarp_null", "rank_statistics", "summarise", "run_calibration"]
+
+TRUTH_SETS: tuple[str, ...] = ("prior_draws", "heldout")
+"""Accepted truth sets: draws of the prior itself, or held-out synthetic galaxies."""
+
+PIXEL_CLASSES: dict[str, tuple[float, float]] = {"sky": (-math.inf, 1.0), "faint": (1.0, 10.0),
+                                                 "galaxy": (10.0, math.inf)}
+"""Pixel classes by the truth's surface brightness [noise sigma per obs px]."""
+
+
+TARP_BINS: int = 20
+"""Credibility levels at which TARP's expected coverage is evaluated (the same for the
+sampler and its null band; ``tarp``'s default of ``n_sims // 10`` is a single level for fewer
+than 20 truths and hides any deviation)."""
+
+
+@dataclass
+class CalibrationCase:
+    """One truth and its observation.
+
+    Attributes
+    ----------
+    x_true : Tensor (C, H, W) prior-space truth; flux_true : Tensor (C, H, W) [flux per model px].
+    problem : problem.InverseProblem with the truth's flux scale.
+    mag : float total i-band magnitude [AB]; z : float.
+    """
+
+    x_true: torch.Tensor
+    flux_true: torch.Tensor
+    problem: object
+    mag: float
+    z: float
+
+
+def truth_images(prior, kind: str, n: int, seed: int = 1) -> torch.Tensor:
+    """``n`` prior-space truths (n, C, H, W): unconditional DDIM draws of ``prior`` (cached,
+    seed ``seed``) or held-out synthetic galaxies normalised as the training images."""
+    from . import galaxies, reference_samples
+
+    if kind not in TRUTH_SETS:
+        raise ValueError(f"kind={kind!r}; accepted: {', '.join(TRUTH_SETS)}")
+    P = prior.profile
+    if kind == "prior_draws":
+        return reference_samples.prior_samples(prior, n, seed=seed, progress=False)[:n].float()
+    ds = galaxies.build_dataset(P, split="test", n=max(n, 64))
+    x, _ = prior.normalise(torch.as_tensor(np.asarray(ds.images[:n]), dtype=torch.float64))
+    return x.float()
+
+
+def make_cases(prior, x_true: torch.Tensor, mags: Sequence[float], redshifts: Sequence[float],
+               reference: mock.HSCReference, seed: int = 0) -> list[CalibrationCase]:
+    """Observe truth ``k`` at magnitude ``mags[k % len(mags)]`` and redshift
+    ``redshifts[k % len(redshifts)]`` with noise from a generator seeded ``seed + k``.
+
+    The truth's flux is ``s unstretch(x)`` with ``s`` set so that its i-band total is
+    ``10**(-0.4 (mag - 27))`` [HSC coadd flux]; the problem carries that ``s``."""
+    P: Profile = prior.profile
+    cases = []
+    for k, x in enumerate(x_true):
+        mag, z = float(mags[k % len(mags)]), float(redshifts[k % len(redshifts)])
+        u = unstretch(x.double(), P.asinh_a)
+        total_i = float(u[-1].sum())
+        if not total_i > 0:
+            raise ValueError(f"truth {k} has i-band total {total_i:.3g} in normalised flux; accepted: > 0")
+        s = float(mag_to_flux(mag)) / total_i
+        flux = s * u
+        obs = mock.make_mock(flux.numpy(), z, P, reference, torch.Generator().manual_seed(seed + k),
+                             dtype=torch.float32)
+        prob = problem_mod.from_mock(obs, prior)
+        prob.scale = s
+        prob.name = f"{prob.name} mag={mag:g}"
+        cases.append(CalibrationCase(x.float(), flux, prob, mag, z))
+    return cases
+
+
+def posterior_draws(case: CalibrationCase, prior, n: int, settings: dict, seed: int) -> torch.Tensor:
+    """``n`` MMPS posterior samples (prior space) of ``case`` with ``settings`` (keyword
+    arguments of :func:`samplers.mmps`: ``steps``, ``cg_iters``, ``covariance``, ...)."""
+    kw = {"x0_clip": X0_RANGE, **settings}
+    if kw.get("covariance", "isotropic") == "isotropic":
+        kw.setdefault("precond", case.problem.normal_diagonal)
+    gens = [torch.Generator().manual_seed(seed * 100_003 + j) for j in range(n)]
+    p = case.problem
+    return samplers.mmps(prior, p.y, p.forward, p.sigma, gens, n, progress=False, **kw).detach()
+
+
+def finite_sample_coverage(n: int, levels: Sequence[float] = (0.68, 0.95)) -> dict[float, float]:
+    """Expected coverage of the central interval between ``torch.quantile`` estimates (linear
+    interpolation) from ``n`` samples when the truth is exchangeable with them (a calibrated
+    sampler) [fraction]: ``level (n - 1) / (n + 1)``.
+
+    The quantile at probability ``p`` sits at position ``h = p (n - 1)`` between order
+    statistics, and for uniform draws ``E[U_(k)] = k / (n + 1)``, so its expected CDF value is
+    ``(h + 1) / (n + 1)``; the truth falls between the two quantiles with probability
+    ``(h_hi - h_lo) / (n + 1)`` (0.600 / 0.838 for n = 16)."""
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n={n!r}; accepted: an int >= 2 (samples per truth)")
+    return {float(level): float(level) * (n - 1) / (n + 1) for level in levels}
+
+
+def tarp_null(n_truths: int, n_samples: int, reps: int = 200, dim: int = 8, seed: int = 0) -> np.ndarray:
+    """Maximum TARP deviations of a perfectly calibrated sampler (truth and samples i.i.d.
+    from one distribution per simulation) with ``n_truths`` and ``n_samples``, ``reps``
+    replicates: the null distribution of :func:`summarise`'s ``tarp_max_dev``."""
+    rng = np.random.default_rng(seed)
+    devs = []
+    for r in range(reps):
+        centre = rng.normal(size=(n_truths, dim))  # each simulation has its own posterior
+        th = centre + rng.normal(size=(n_truths, dim))
+        s = centre[None] + rng.normal(size=(n_samples, n_truths, dim))
+        devs.append(tarp_coverage(s, th, norm=False, seed=r, num_alpha_bins=TARP_BINS)[2])
+    return np.asarray(devs)
+
+
+def _half_light_radius(flux: torch.Tensor) -> torch.Tensor:
+    """Radius [model px] around the image centre holding half of the (positive) flux summed
+    over bands, for (..., C, H, W) -> (...)."""
+    H, W = flux.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=flux.dtype), torch.arange(W, dtype=flux.dtype), indexing="ij")
+    r = torch.sqrt((yy - (H - 1) / 2) ** 2 + (xx - (W - 1) / 2) ** 2).flatten()
+    f = flux.clamp_min(0).sum(-3).flatten(-2)
+    order = torch.argsort(r)
+    cum = f[..., order].cumsum(-1)
+    idx = (cum < 0.5 * cum[..., -1:]).sum(-1).clamp(max=r.numel() - 1)
+    return r[order][idx]
+
+
+def rank_statistics(truth: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """Rank of each truth value among its samples: number of samples below it, in
+    ``{0, ..., n}`` (uniform for a calibrated sampler). ``samples`` (n, ...), ``truth`` (...)."""
+    return (samples < truth[None]).sum(0)
+
+
+def _uniformity_p(ranks: np.ndarray, n: int) -> float:
+    """p-value of a chi^2 test that ranks are uniform on {0..n} (bins merged to >= 5 expected)."""
+    from scipy import stats
+
+    bins = max(1, min(n + 1, len(ranks) // 5))
+    counts = np.histogram(ranks, bins=bins, range=(-0.5, n + 0.5))[0]
+    return float(stats.chisquare(counts).pvalue) if bins > 1 else float("nan")
+
+
+def _pixel_class(case: CalibrationCase) -> torch.Tensor:
+    """Class index per pixel (C, H, W): 0 sky, 1 faint, 2 galaxy (:data:`PIXEL_CLASSES`)."""
+    p = case.problem
+    sb = case.flux_true / p.operator.model_pixel_width**2 / p.sigma.double().view(-1, 1, 1)
+    out = torch.zeros(sb.shape, dtype=torch.long)
+    for i, (lo, hi) in enumerate(PIXEL_CLASSES.values()):
+        out[(sb >= lo) & (sb < hi)] = i
+    return out
+
+
+def _per_case(case: CalibrationCase, x: torch.Tensor) -> dict:
+    """Per-truth statistics of samples ``x`` (n, C, H, W): chi^2 per sample, coverage flags
+    per pixel, ranks of scalar summaries and of galaxy pixels."""
+    p = case.problem
+    with torch.no_grad():
+        Ax = p.forward(x.double().clamp(-20, 20))
+        chi2 = (((p.y.double() - Ax) / p.sigma.double().view(1, -1, 1, 1)) ** 2).flatten(1).mean(1)
+        flux = p.to_flux(x.double().clamp(-20, 20))
+    inside = {}
+    for level in (0.68, 0.95):
+        q = torch.quantile(x.double().flatten(1), torch.tensor([(1 - level) / 2, (1 + level) / 2],
+                                                               dtype=torch.float64), dim=0)
+        t = case.x_true.double().flatten()
+        inside[level] = ((t >= q[0]) & (t <= q[1])).reshape(case.x_true.shape)
+    cls = _pixel_class(case)
+    return {"chi2": chi2.numpy(), "inside": inside, "cls": cls,
+            "rank_flux": int(rank_statistics(case.flux_true.sum(), flux.sum((1, 2, 3)))),
+            "rank_radius": int(rank_statistics(_half_light_radius(case.flux_true), _half_light_radius(flux))),
+            "rank_pixels": rank_statistics(case.x_true.double(), x.double())[cls == 2].numpy()}
+
+
+def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], null_reps: int = 200) -> dict:
+    """Calibration statistics (module docstring) of ``draws[k]`` (n, C, H, W) for ``cases[k]``."""
+    n = int(draws[0].shape[0])
+    per = [_per_case(c, x) for c, x in zip(cases, draws)]
+    chi2 = np.concatenate([r["chi2"] for r in per])
+    target = finite_sample_coverage(n)
+    out = {"n_truths": len(cases), "n_samples": n, "chi2_sample_median": float(np.median(chi2)),
+           "chi2_sample_quantiles_5_95": [float(v) for v in np.quantile(chi2, [0.05, 0.95])],
+           "coverage_target_68": target[0.68], "coverage_target_95": target[0.95]}
+    for level, key in ((0.68, "coverage_68"), (0.95, "coverage_95")):
+        flags = torch.cat([r["inside"][level].flatten() for r in per])
+        cls = torch.cat([r["cls"].flatten() for r in per])
+        out[key] = float(flags.double().mean())
+        for i, name in enumerate(PIXEL_CLASSES):
+            sel = cls == i
+            out[f"{key}_{name}"] = float(flags[sel].double().mean()) if sel.any() else None
+    cls = torch.cat([r["cls"].flatten() for r in per])
+    out["pixel_fraction"] = {name: float((cls == i).double().mean()) for i, name in enumerate(PIXEL_CLASSES)}
+    samples = np.stack([to_numpy(x.flatten(1)) for x in draws], axis=1)  # (n, n_truths, d)
+    truths = np.stack([to_numpy(c.x_true.flatten()) for c in cases])
+    if len(cases) >= 2:
+        alpha, ecp, dev = tarp_coverage(samples, truths, norm=False, num_alpha_bins=TARP_BINS)
+        out.update(tarp_max_dev=dev, tarp_alpha=alpha.tolist(), tarp_ecp=ecp.tolist(),
+                   tarp_null_95=float(np.quantile(tarp_null(len(cases), n, reps=null_reps), 0.95)))
+    for key in ("rank_flux", "rank_radius"):
+        ranks = np.array([r[key] for r in per])
+        out[key] = np.bincount(ranks, minlength=n + 1).tolist()
+        out[f"{key}_uniform_p"] = _uniformity_p(ranks, n)
+    pix = np.concatenate([r["rank_pixels"] for r in per])
+    out["rank_pixels_galaxy"] = np.bincount(pix, minlength=n + 1).tolist() if pix.size else []
+    return out
+
+
+def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: dict, mags: Sequence[float],
+                    redshifts: Sequence[float], reference: mock.HSCReference, seed: int = 0,
+                    progress: bool = True) -> dict:
+    """Draw truths of ``kind``, observe them (:func:`make_cases`), sample each posterior with
+    ``settings`` and summarise, overall and per magnitude. Returns a JSON-ready dict with the
+    settings and the sampling wall time [s]."""
+    x_true = truth_images(prior, kind, n_truths, seed=seed + 1)
+    cases = make_cases(prior, x_true, mags, redshifts, reference, seed=seed)
+    draws, t0 = [], time.perf_counter()
+    for k, case in enumerate(tqdm(cases, desc=f"calibration {kind}", disable=not progress)):
+        draws.append(posterior_draws(case, prior, n_samples, settings, seed=seed + k))
+    wall = time.perf_counter() - t0
+    record = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str))},
+              "mags": list(map(float, mags)), "redshifts": list(map(float, redshifts)), "wall_time_s": wall,
+              "truth_source": kind, "reference": reference.source, **summarise(cases, draws)}
+    record["by_mag"] = {}
+    for mag in sorted(set(float(m) for m in mags)):
+        idx = [k for k, c in enumerate(cases) if c.mag == mag]
+        if idx:
+            record["by_mag"][f"{mag:g}"] = summarise([cases[k] for k in idx], [draws[k] for k in idx])
+    return record
