@@ -268,15 +268,34 @@ def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
           f"variance ratio in r={problem.profile.aperture_radius_px:g} px: {result.variance_ratio_aperture:.4f})",
           file=sys.stderr)
     if not result.converged:
-        print(f"[diffdecon] warning: the posterior samples do not fit the data (median reduced chi2 of the samples "
-              f"{float(np.median(result.chi2_samples)):.2f} > {CHI2_CONVERGED:g}; header CONVERGD = F): more "
-              "sampling steps or CG iterations, or a source the prior cannot represent (a neighbour or a point "
-              "source in the window, a wrong redshift or PSF)", file=sys.stderr)
+        _report_not_converged(problem, result, CHI2_CONVERGED)
     elif max(result.chi2) > CHI2_WARNING:
         print(f"[diffdecon] warning: reduced chi2 above {CHI2_WARNING:g}: the posterior mean does not explain the "
               "data (an untrained or mismatched checkpoint, a wrong redshift or PSF, or a neighbour in the window?)",
               file=sys.stderr)
     return 0
+
+
+def _report_not_converged(problem, result, threshold: float) -> None:
+    """Warn that the samples miss the data and say whether any image on the model grid could
+    fit it (:func:`diffdecon.diagnostics.fit_floor`): the prior and sampler, or the data."""
+    import numpy as np
+
+    from .diagnostics import fit_floor
+
+    floor = fit_floor(problem, max_iter=150)
+    bands = problem.profile.bands
+    text = ", ".join(f"{b} {c:.2f}" for b, c in zip(bands, floor))
+    print(f"[diffdecon] warning: the posterior samples do not fit the data (median reduced chi2 of the samples "
+          f"{float(np.median(result.chi2_samples)):.2f} > {threshold:g}; header CONVERGD = F). A non-negative "
+          f"least-squares fit through the same operator reaches reduced chi2 {text}:", file=sys.stderr)
+    if max(floor) > threshold:
+        print("[diffdecon]   no image on the model grid fits these data either: light outside the model field, "
+              "a neighbour or a point source the prior cannot represent, a wrong redshift, PSF or noise level",
+              file=sys.stderr)
+    else:
+        print("[diffdecon]   an image on the grid fits, the posterior does not: more sampling steps or CG "
+              "iterations (--steps), or a prior that cannot represent this galaxy", file=sys.stderr)
 
 
 def cmd_deconvolve(args, prior=None) -> int:
