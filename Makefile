@@ -4,7 +4,7 @@
 #   make paper    execute every notebook under PROFILE (default quick) and build paper/main.pdf
 #   make data     download the five HSC targets and verify their checksums
 #   make lab      JupyterLab with the project's kernel
-#   make bench    speed and memory benchmarks -> results/
+#   make bench    speed, memory and calibration benchmarks -> results/
 #   make train    (re)train the PROFILE checkpoint (resumes an interrupted run)
 #
 # The first target run on a fresh clone builds the virtual environment (.venv).
@@ -86,6 +86,8 @@ bench: venv
 	# Sampler settings from validation.sampler_settings(profile). DPS at zeta = 1e-3: the
 	# published zeta = 1 diverges in flux units on the quick model (results/bench_sampling_zeta1.json).
 	$(PY) bench/bench_sampling.py --zeta 1e-3
+	# Calibration where the answer is known: 100 prior-drawn and 24 held-out truths -> results/calibration.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
 	  $(PY) bench/bench_training.py --device cuda --profiles smoke quick --threads 4 --batch-sizes 64 128 256 --steps 20; \
 	  $(PY) bench/bench_paper_sampler.py --device cuda --compile; \

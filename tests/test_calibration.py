@@ -26,16 +26,6 @@ from diffdecon.calibration import (
 from diffdecon.samplers import dps, mmps
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: one intra-op thread. On the shared 2-core machine the default two
-    threads made these tests 15-40x slower (thread contention, measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def gprior():
     return GaussianPrior(0.1 * torch.ones(16, dtype=torch.float64), se_covariance(4, ell=1.5), shape=(1, 4, 4))

@@ -20,16 +20,6 @@ from diffdecon.samplers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: one intra-op thread. On the shared 2-core machine the default two
-    threads made these tests 15-40x slower (thread contention, measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def small_prior():
     side = 4

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import gaussian_galaxy
-from diffdecon import mock, validation
+from diffdecon import exactness, mock, sbc, validation
 
 
 @pytest.fixture
@@ -74,13 +74,13 @@ def test_run_validation_and_calibration(smoke_gaussian_prior, reference, tiny_da
     assert len(val.posteriors["mmps"]) == 2 and val.dps_zeta == []
     rows = validation.metrics_rows(val)
     assert [r[0] for r in rows] == ["MMPS", "Wiener"] and all(r"$\pm$" in c for r in rows for c in r[1:])
-    cal = validation.calibration_summary(val.posteriors["mmps"])
+    cal = sbc.mock_calibration(val.posteriors["mmps"])
     assert cal["alpha"][0] == 0 and cal["alpha"][-1] == pytest.approx(1.0)
     assert 0 <= cal["tarp_max_dev"] <= 1
     assert all(0 <= v <= 1 for v in cal["coverage"].values())
     assert cal["chi2_samples"] > 0
     with pytest.raises(ValueError):
-        validation.calibration_summary(val.posteriors["mmps"][:1])
+        sbc.mock_calibration(val.posteriors["mmps"][:1])
     with pytest.raises(ValueError):
         validation.run_validation(mocks, prior, settings, methods=("magic",))
 
@@ -128,14 +128,14 @@ def test_exactness_mmps_near_exact():
     0.09 posterior std per pixel, so an rms error below 0.3 (3x) and a variance ratio in
     [0.6, 1.5] (the 8x8 run of the notebook gives 0.83) separate a working sampler from a
     broken one (DPS at zeta = 1 gives a variance ratio > 10 on this problem)."""
-    ex = validation.exactness(side=4, n=128, mmps_steps=50, cg_iters=5, dps_steps=50,
+    ex = exactness.exactness(side=4, n=128, mmps_steps=50, cg_iters=5, dps_steps=50,
                               dps_settings=(("paper", 1.0),))
     assert set(ex) == {"mmps", "mmps_isotropic", "dps_paper_1"}
     for key in ("mmps", "mmps_isotropic"):
         assert ex[key]["mean_err_rms"] < 0.3
         assert 0.6 < ex[key]["var_ratio"] < 1.5
     with pytest.raises(ValueError):
-        validation.exactness(side=3)
+        exactness.exactness(side=3)
 
 
 def test_sampler_settings_profiles():

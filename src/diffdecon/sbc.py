@@ -31,21 +31,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import mock, problem as problem_mod, samplers
+from . import calibration, metrics, mock, problem as problem_mod, samplers
 from .arrays import to_numpy
 from .calibration import tarp_coverage
 from .config import Profile
-from .prior import X0_RANGE, unstretch
+from .prior import X0_RANGE, stretch, unstretch
 from .units import mag_to_flux
 
 __all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "CalibrationCase", "truth_images", "make_cases", "posterior_draws",
-           "finite_sample_coverage", "tarp_null", "rank_statistics", "summarise", "run_calibration"]
+           "finite_sample_coverage", "tarp_null", "rank_statistics", "summarise", "run_calibration",
+           "manuscript_variables", "mock_calibration"]
 
 TRUTH_SETS: tuple[str, ...] = ("prior_draws", "heldout")
 """Accepted truth sets: draws of the prior itself, or held-out synthetic galaxies."""
@@ -272,3 +273,81 @@ def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: d
         if idx:
             record["by_mag"][f"{mag:g}"] = summarise([cases[k] for k in idx], [draws[k] for k in idx])
     return record
+
+
+_WORDS = {"18": "Eighteen", "20": "Twenty", "22": "TwentyTwo"}
+
+
+def manuscript_variables(record: dict) -> dict:
+    """LaTeX variables (``\\CalPriorChi``, ``\\CalHeldCovGalaxy``, ...) of a calibration record
+    (the JSON of ``bench/bench_calibration.py``); NaN where the record lacks them."""
+    out = {}
+    for kind, word in (("prior_draws", "Prior"), ("heldout", "Held")):
+        r = record.get(kind, {}).get("mmps", {})
+        out[f"Cal{word}N"] = r.get("n_truths", float("nan"))
+        out[f"Cal{word}Samples"] = r.get("n_samples", float("nan"))
+        for key, name in (("chi2_sample_median", "Chi"), ("tarp_max_dev", "Tarp"), ("tarp_null_95", "TarpNull"),
+                          ("coverage_68", "CovSixtyEight"), ("coverage_95", "CovNinetyFive"),
+                          ("coverage_68_galaxy", "CovGalaxy"), ("coverage_68_sky", "CovSky"),
+                          ("coverage_target_68", "CovTarget"), ("wall_time_s", "Wall")):
+            v = r.get(key)
+            out[f"Cal{word}{name}"] = round(float(v), 3) if v is not None else float("nan")
+        for mag, b in r.get("by_mag", {}).items():
+            m = _WORDS.get(mag, "")
+            if m:
+                out[f"Cal{word}Chi{m}"] = round(float(b["chi2_sample_median"]), 2)
+                out[f"Cal{word}Cov{m}"] = round(float(b["coverage_68"]), 3)
+    return out
+
+
+def mock_calibration(results: Sequence, levels: Sequence[float] = (0.68, 0.95), seed: int = 0) -> dict[str, Any]:
+    """Calibration of one sampler over a mock set.
+
+    Parameters
+    ----------
+    results : sequence of deconvolution.PosteriorResult (mocks with ``problem.truth``), each with
+        the same number of samples.
+
+    Returns
+    -------
+    dict with ``alpha``, ``ecp`` (TARP expected coverage vs credibility level,
+    :func:`calibration.tarp_coverage` on the prior-space samples and truths, euclidean
+    distance, random references, *not* min-max normalised: normalising each pixel over the
+    truths lets near-empty sky pixels dominate the distance), ``tarp_max_dev`` (max
+    |ecp - alpha|), ``tarp_null_95`` (its 95th percentile for a calibrated sampler with the
+    same numbers of mocks and samples, :func:`diffdecon.sbc.tarp_null`), ``coverage``
+    {level: fraction of model pixels of all mocks inside the central credible interval},
+    ``coverage_target`` {level: what a calibrated sampler with this many samples reaches,
+    :func:`diffdecon.sbc.finite_sample_coverage`},
+    ``chi2_samples`` (mean over samples and mocks of the reduced chi^2 of ``A(sample)``
+    against ``y``) and ``chi2_samples_std`` (its std over mocks).
+    """
+    if len(results) < 2:
+        raise ValueError(f"{len(results)} posterior(s); accepted: >= 2 mocks (TARP needs several)")
+    ns = {r.flux_samples.shape[0] for r in results}
+    if len(ns) != 1:
+        raise ValueError(f"posteriors have different sample counts {sorted(ns)}; accepted: equal counts")
+    if any(r.problem.truth is None for r in results):
+        raise ValueError("a posterior's problem has no truth; accepted: mock problems (problem.from_mock)")
+    S = torch.stack([r.samples.double() for r in results], 1)  # (n, sims, C, H, W), prior space
+    T = torch.stack([stretch(r.problem.truth.double() / r.problem.scale, r.problem.profile.asinh_a)
+                     for r in results])  # (sims, C, H, W)
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged samples: inf distances, flagged by the result
+        alpha, ecp, dev = calibration.tarp_coverage(S.flatten(2), T.flatten(1), seed=seed, norm=False,
+                                                    num_alpha_bins=TARP_BINS)
+    null95 = float(np.quantile(tarp_null(S.shape[1], S.shape[0], reps=100, seed=seed), 0.95))
+    cov = calibration.interval_coverage(S, T, levels)  # = flux-space coverage: the stretch is monotone
+    chi = []
+    for r in results:
+        op = r.problem.operator
+        with torch.no_grad():
+            pred = op.A(r.flux_samples.double())
+        with np.errstate(over="ignore", invalid="ignore"):
+            chi.append(np.mean([metrics.reduced_chi2(to_numpy(r.problem.y), to_numpy(p), to_numpy(r.problem.sigma))
+                                for p in pred]))
+    chi = np.array(chi)
+    with np.errstate(over="ignore", invalid="ignore"):
+        chi_std = float(chi.std(ddof=1)) if chi.size > 1 else 0.0
+    return {"alpha": alpha, "ecp": ecp, "tarp_max_dev": dev, "tarp_null_95": null95, "coverage": cov,
+            "coverage_target": finite_sample_coverage(int(S.shape[0]), levels),
+            "chi2_samples": float(chi.mean()), "chi2_samples_std": chi_std}

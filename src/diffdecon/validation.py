@@ -10,10 +10,10 @@ The chain of notebook 02, part 2 (the paper's Figures 2-3 and the validation tab
    baselines (Richardson-Lucy, Wiener; :mod:`diffdecon.baselines`, brought to the model grid
    with :func:`diffdecon.baselines.to_model_grid`). Each estimate is scored against the
    idealized truth (:func:`score_estimate`).
-3. :func:`calibration_summary`: TARP expected coverage, per-pixel interval coverage and the
+3. :func:`diffdecon.sbc.mock_calibration`: TARP expected coverage, per-pixel interval coverage and the
    reduced chi^2 of ``A(sample)`` against ``y``, over the whole mock set.
-4. :func:`exactness`: MMPS and DPS against the exact posterior of a Gaussian prior
-   (:mod:`diffdecon.calibration`), the numbers of the exactness table.
+4. :func:`diffdecon.exactness.exactness`: the samplers against the exact posterior of a
+   Gaussian prior, the numbers of the exactness table.
 
 Units: model images in HSC coadd flux per model pixel, observations in HSC coadd flux per
 observation pixel (``mag = 27 - 2.5 log10 F``), as everywhere (``docs/design.md``).
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import baselines, calibration, metrics, samplers
+from . import baselines, metrics
 from .arrays import to_numpy
 from .config import Profile, get_profile
 from .errors import DivergenceError
@@ -46,9 +46,7 @@ __all__ = [
     "MockValidation",
     "run_validation",
     "metrics_rows",
-    "calibration_summary",
     "diverged_mocks",
-    "exactness",
 ]
 
 PAPER_LOW_Z: tuple[float, ...] = (0.166, 0.186, 0.21677)
@@ -373,106 +371,3 @@ def diverged_mocks(val: MockValidation, method: str) -> np.ndarray:
     if method in val.posteriors:
         return np.array([r is None for r in val.posteriors[method]])
     return ~np.isfinite(val.estimates[method].flatten(1).numpy()).all(1)
-
-
-def calibration_summary(results: Sequence, levels: Sequence[float] = (0.68, 0.95), seed: int = 0) -> dict[str, Any]:
-    """Calibration of one sampler over a mock set.
-
-    Parameters
-    ----------
-    results : sequence of deconvolution.PosteriorResult (mocks with ``problem.truth``), each with
-        the same number of samples.
-
-    Returns
-    -------
-    dict with ``alpha``, ``ecp`` (TARP expected coverage vs credibility level,
-    :func:`calibration.tarp_coverage` on the flux samples divided by each problem's flux
-    scale ``s``, so mocks of different brightness weigh alike; euclidean distance, random
-    references, normalised, one credibility bin per mock), ``tarp_max_dev`` (max |ecp - alpha|), ``coverage``
-    {level: fraction of model pixels of all mocks inside the central credible interval},
-    ``chi2_samples`` (mean over samples and mocks of the reduced chi^2 of ``A(sample)``
-    against ``y``) and ``chi2_samples_std`` (its std over mocks).
-    """
-    if len(results) < 2:
-        raise ValueError(f"{len(results)} posterior(s); accepted: >= 2 mocks (TARP needs several)")
-    ns = {r.flux_samples.shape[0] for r in results}
-    if len(ns) != 1:
-        raise ValueError(f"posteriors have different sample counts {sorted(ns)}; accepted: equal counts")
-    if any(r.problem.truth is None for r in results):
-        raise ValueError("a posterior's problem has no truth; accepted: mock problems (problem.from_mock)")
-    S = torch.stack([r.flux_samples.double() / r.problem.scale for r in results], 1)  # (n, sims, C, H, W)
-    T = torch.stack([r.problem.truth.double() / r.problem.scale for r in results])  # (sims, C, H, W)
-    # one credibility bin per mock: the ECP curve is then the empirical CDF of TARP's f statistic
-    with np.errstate(over="ignore", invalid="ignore"):  # diverged samples: inf distances, flagged by the result
-        alpha, ecp, dev = calibration.tarp_coverage(S.flatten(2), T.flatten(1), seed=seed, num_alpha_bins=S.shape[1])
-    cov = calibration.interval_coverage(S, T, levels)
-    chi = []
-    for r in results:
-        op = r.problem.operator
-        with torch.no_grad():
-            pred = op.A(r.flux_samples.double())
-        with np.errstate(over="ignore", invalid="ignore"):
-            chi.append(np.mean([metrics.reduced_chi2(_np64(r.problem.y), _np64(p), _np64(r.problem.sigma))
-                                for p in pred]))
-    chi = np.array(chi)
-    with np.errstate(over="ignore", invalid="ignore"):
-        chi_std = float(chi.std(ddof=1)) if chi.size > 1 else 0.0
-    return {"alpha": alpha, "ecp": ecp, "tarp_max_dev": dev, "coverage": cov,
-            "chi2_samples": float(chi.mean()), "chi2_samples_std": chi_std}
-
-
-def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: int = 100, cg_iters: int = 5,
-              dps_steps: int = 1000, dps_settings: Sequence[tuple[str, float]] = (("paper", 1.0), ("reference", 0.3)),
-              seed: int = 0, progress: bool = False) -> dict[str, dict]:
-    """MMPS and DPS against the exact posterior of a Gaussian prior.
-
-    Test problem (small enough for dense algebra): prior N(0, Sigma) on a ``side`` x ``side``
-    image with a squared-exponential covariance (length 2 px; :func:`calibration.se_covariance`),
-    A = Gaussian blur (1 px) then 2 x 2 binning (:func:`calibration.blur_downsample_matrix`),
-    noise std ``sigma_y`` [prior units], one observation of a prior draw. The diffusion prior
-    is the closed-form :class:`calibration.GaussianPrior`, so every error comes from the
-    sampler, not from a network. MMPS runs ``mmps_steps`` steps with ``cg_iters`` CG
-    iterations; DPS ``dps_steps`` steps in each (convention, zeta) of ``dps_settings``
-    (default: the published ``paper`` convention with zeta = 1, and the reference DPS code's
-    non-squared norm with zeta = 0.3).
-
-    Returns
-    -------
-    {"mmps": errors, "mmps_isotropic": errors, "dps_<convention>_<zeta>": errors, ...} with the keys of
-    :func:`calibration.posterior_moment_errors` (mean error in posterior std, variance
-    ratio, W2, chi^2) plus ``steps``, ``label`` and, for DPS, ``convention`` and ``zeta``.
-    """
-    from . import samplers
-
-    if side % 2 or side < 2:
-        raise ValueError(f"side={side!r}; accepted: an even number of pixels >= 2")
-    Sigma = calibration.se_covariance(side, ell=2.0)
-    mu = torch.zeros(side * side, dtype=torch.float64)
-    prior = calibration.GaussianPrior(mu, Sigma, shape=(1, side, side))
-    A = calibration.blur_downsample_matrix(side, 1.0, 2)
-    g = torch.Generator().manual_seed(seed)
-    x_true = prior.sample(1, g)
-    h = side // 2
-    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, h, h)
-    mu_post, Sigma_post = calibration.exact_posterior(mu, Sigma, A, sigma_y, y)
-
-    def forward(x):  # prior space (B, 1, side, side) -> observation (B, 1, side/2, side/2)
-        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, h, h)
-
-    out = {}
-    # The Tweedie covariance is exact for a Gaussian prior; the isotropic one (the default on
-    # networks) approximates it, and this row measures what that costs where the answer is known.
-    for key, cov, label in (("mmps", "tweedie", "MMPS, Tweedie covariance"),
-                            ("mmps_isotropic", "isotropic", "MMPS, isotropic covariance")):
-        xm = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 1), n,
-                           steps=mmps_steps, cg_iters=cg_iters, progress=progress, covariance=cov)
-        out[key] = dict(calibration.posterior_moment_errors(xm, mu_post, Sigma_post), steps=mmps_steps,
-                        label=f"{label} ({mmps_steps} steps, {cg_iters} CG)")
-    for conv, zeta in dps_settings:
-        xd = samplers.dps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 2), n,
-                          steps=dps_steps, zeta=zeta, convention=conv, progress=progress)
-        out[f"dps_{conv}_{zeta:g}"] = dict(calibration.posterior_moment_errors(xd, mu_post, Sigma_post),
-                                           steps=dps_steps, convention=conv, zeta=zeta,
-                                           label=f"DPS {conv}, $\\zeta={zeta:g}$ ({dps_steps} steps)")
-    return out
-
