@@ -17,15 +17,6 @@ from diffdecon.loop import SimulatedKill, run_loop
 from diffdecon.training import denoising_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the test machine's two cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pairs(n=24, size=8, sigma_y=0.01, seed=2, psf_size=3):
     g = torch.Generator().manual_seed(seed)
     return C.make_pairs(torch.rand(n, 1, size, size, generator=g), (0.6, 0.9), psf_size, sigma_y, g)

@@ -17,15 +17,6 @@ from diffdecon.training import (CheckpointMismatchError, SimulatedKill, TrainOpt
                                 load_snapshot, read_log, train)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine two threads are several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # A tiny profile: 16 px, 2 levels, 6 steps, checkpoint every 2 steps, batch 4.
 TINY = dataclasses.replace(get_profile("smoke"), name="smoke", image_size=16, block_out_channels=(8, 16),
                            train_steps=6, checkpoint_every=2, batch_size=4, max_shift_px=1)

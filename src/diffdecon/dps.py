@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .samplers import (Generator, _alphas_cumprod, _ancestral_step, _check_generator, _clip, _Divergence,
-                       _prepare_observation, _prior_dtype_device, _randn, _sample_shape, _step_coefficients,
-                       _time_batch, timesteps)
+from .samplers import (Generator, _alphas_cumprod, _ancestral_step, _clip, _posterior_setup, _randn,
+                       _time_batch)
 
 __all__ = ["dps", "dps_guidance"]
 
@@ -100,7 +99,7 @@ def dps(
 
     Returns
     -------
-    (n, C, H, W) posterior samples in prior space, or ``(x, valid)`` with ``on_divergence="mask"``.
+    (n, *chw) posterior samples in prior space, or ``(x, valid)`` with ``on_divergence="mask"``.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
@@ -110,18 +109,12 @@ def dps(
         raise ValueError(f"variance={variance!r}: expected 'large' or 'small'")
     if convention not in ("reference", "paper"):
         raise ValueError(f"convention={convention!r}: expected 'reference' or 'paper'")
-    _check_generator(generator, n)
-    abar = _alphas_cumprod(prior)
-    ts = timesteps(abar.numel(), abar.numel() if steps is None else steps)
-    a_t, a_prev = _step_coefficients(abar, ts)
-    C, H, W = _sample_shape(prior, shape)
-    dtype, device = _prior_dtype_device(prior)
-    y, sigma = _prepare_observation(y, sigma_y, n, dtype, device)
-    x = _randn((n, C, H, W), generator, dtype, device)
-    div = _Divergence(n, on_divergence, "dps", max_abs, device)
+    T = _alphas_cumprod(prior).numel()
+    ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(
+        prior, y, sigma_y, generator, n, T if steps is None else steps, shape, on_divergence, max_abs, "dps")
     for i, t in enumerate(tqdm(ts.tolist(), desc="dps", disable=not progress, leave=False)):
         x0, g, _ = dps_guidance(prior, x, t, y, forward, sigma, zeta, convention, x0_clip)
-        z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
+        z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None
         # Algorithm 1: x'_{t-1} from the unconditional ancestral step, then the likelihood step.
         x = _ancestral_step(x.detach(), x0, float(a_t[i]), float(a_prev[i]), z, variance) - g
         x = div.check(x, i, t)

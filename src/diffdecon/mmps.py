@@ -36,9 +36,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .samplers import (Generator, _alphas_cumprod, _bdot, _check_generator, _clip, _ddim_step, _Divergence,
-                       _prepare_observation, _prior_dtype_device, _randn, _sample_shape, _step_coefficients,
-                       _time_batch, timesteps)
+from .samplers import (Generator, _alphas_cumprod, _bdot, _clip, _ddim_step, _posterior_setup, _randn,
+                       _time_batch)
 
 __all__ = ["COVARIANCES", "mmps", "mmps_x0", "mmps_isotropic_x0"]
 
@@ -216,22 +215,15 @@ def mmps(
         raise ValueError(f"covariance={covariance!r}: expected one of {', '.join(COVARIANCES)}")
     if precond is not None and covariance != "isotropic":
         raise ValueError("precond is used by covariance='isotropic' only; pass precond=None with 'tweedie'")
-    _check_generator(generator, n)
-    abar = _alphas_cumprod(prior)
-    ts = timesteps(abar.numel(), steps)
-    a_t, a_prev = _step_coefficients(abar, ts)
-    C, H, W = _sample_shape(prior, shape)
-    dtype, device = _prior_dtype_device(prior)
-    y, sigma = _prepare_observation(y, sigma_y, n, dtype, device)
-    x = _randn((n, C, H, W), generator, dtype, device)
-    div = _Divergence(n, on_divergence, "mmps", max_abs, device)
+    ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
+                                                              on_divergence, max_abs, "mmps")
     for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps ({covariance})", disable=not progress, leave=False)):
         if covariance == "isotropic":
             g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0)
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
-        z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
+        z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None
         x = _ddim_step(x, x0_post, float(a_t[i]), float(a_prev[i]), z, eta)
         x = div.check(x, i, t)
     return div.finish(x.detach())

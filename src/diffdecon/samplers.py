@@ -342,6 +342,22 @@ def _prepare_observation(y, sigma_y, n: int, dtype, device):
     return y, s.view(1, C, 1, 1)
 
 
+def _posterior_setup(prior, y, sigma_y, generator: Generator, n: int, steps: int, shape, on_divergence: str,
+                     max_abs: float, name: str):
+    """Common start of a posterior sampler: respaced times ``ts`` and their ``(abar_t,
+    abar_prev)``, the observation and noise as tensors, ``x_T ~ N(0, I)`` and the divergence
+    bookkeeping. Returns ``(ts, a_t, a_prev, (C, H, W), y, sigma, x, div)``."""
+    _check_generator(generator, n)
+    abar = _alphas_cumprod(prior)
+    ts = timesteps(abar.numel(), steps)
+    a_t, a_prev = _step_coefficients(abar, ts)
+    chw = _sample_shape(prior, shape)
+    dtype, device = _prior_dtype_device(prior)
+    y, sigma = _prepare_observation(y, sigma_y, n, dtype, device)
+    x = _randn((n, *chw), generator, dtype, device)
+    return ts, a_t, a_prev, chw, y, sigma, x, _Divergence(n, on_divergence, name, max_abs, device)
+
+
 def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample inner product, shaped (B, 1, 1, 1) for broadcasting."""
     return (a * b).flatten(1).sum(1).view(-1, *[1] * (a.ndim - 1))
