@@ -155,18 +155,20 @@ def present_targets(hsc_root):
     return names
 
 
-@pytest.fixture
-def tan_wcs():
-    """Factory ``tan_wcs(scale_arcsec, n, crval=(150.0, 2.2))`` of a gnomonic (TAN) WCS of an
-    ``n`` x ``n`` image with ``scale_arcsec`` [arcsec/px], centred on ``crval`` [deg], east left."""
+def tan_wcs_of(scale_arcsec: float, n: int, crval=(150.0, 2.2)):
+    """A gnomonic (TAN) WCS of an ``n`` x ``n`` image with ``scale_arcsec`` [arcsec/px],
+    centred on ``crval`` [deg], east left."""
     from astropy.wcs import WCS
 
-    def make(scale_arcsec: float, n: int, crval=(150.0, 2.2)) -> WCS:
-        w = WCS(naxis=2)
-        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-        w.wcs.crval = list(crval)
-        w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
-        w.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
-        return w
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+    w.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
+    return w
 
-    return make
+
+@pytest.fixture
+def tan_wcs():
+    """Factory ``tan_wcs(scale_arcsec, n, crval=(150.0, 2.2))``: :func:`tan_wcs_of`."""
+    return tan_wcs_of

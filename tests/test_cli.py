@@ -12,6 +12,7 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from conftest import tan_wcs_of
 from diffdecon import cli, mock, physics
 from diffdecon.config import BANDS, get_profile
 
@@ -21,12 +22,7 @@ CRVAL = (150.1, 2.2)
 
 
 def _wcs(scale_arcsec: float = 0.168, n: int = OBS) -> WCS:
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = list(CRVAL)
-    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
-    w.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
-    return w
+    return tan_wcs_of(scale_arcsec, n, CRVAL)
 
 
 def _write_image(path, data, band, wcs=None):

@@ -302,6 +302,17 @@ def latex_table(results: list[dict], profile: str, sizes: dict) -> str:
     return latex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{3pt}\n", 1)  # 10 columns
 
 
+
+_METRIC_VARIABLES: dict[str, tuple[str, str, int]] = {
+    "CRFlux": ("cr", "cr_excess_mean", 4), "CRFluxSpread": ("cr", "cr_excess_std", 4),
+    "CRFluxClean": ("clean", "cr_excess_mean", 4), "ChiAll": ("cr", "chi2_all", 2),
+    "ChiNoCR": ("cr", "chi2_clean", 2), "ChiCleanData": ("clean", "chi2_all", 2), "PSNR": ("cr", "psnr", 1),
+    "PSNRClean": ("clean", "psnr", 1), "SSIM": ("cr", "ssim", 3), "CovSixtyEight": ("cr", "cov68", 2),
+    "CovNinetyFive": ("cr", "cov95", 2), "CovGalaxy": ("cr", "cov68_galaxy", 2),
+    "RefPSNR": ("cr", "reference_psnr", 1)}
+"""LaTeX variable name -> (data set: with or without cosmic rays, metric key, digits), per method."""
+
+
 def summary_variables(results, verdict, profile: str, sizes: dict, ops: ExposureSet, noise: NoiseModel,
                       wall_s: float, absent: list[str]) -> dict:
     """LaTeX variables of notebook 07 (means over truths; counts of verdicts)."""
@@ -318,19 +329,8 @@ def summary_variables(results, verdict, profile: str, sizes: dict, ops: Exposure
            "SlicNWithin": sum(verdict["within"]), "SlicNLarger": sum(verdict["larger"]),
            "SlicNAgree": sum(verdict["agree"])}
     for m, lab in (("slic", "Slic"), ("gauss", "Gauss")):
-        out[f"SlicCRFlux{lab}"] = round(mean(m, "cr", "cr_excess_mean"), 4)
-        out[f"SlicCRFluxSpread{lab}"] = round(mean(m, "cr", "cr_excess_std"), 4)
-        out[f"SlicCRFluxClean{lab}"] = round(mean(m, "clean", "cr_excess_mean"), 4)
-        out[f"SlicChiAll{lab}"] = round(mean(m, "cr", "chi2_all"), 2)
-        out[f"SlicChiNoCR{lab}"] = round(mean(m, "cr", "chi2_clean"), 2)
-        out[f"SlicChiCleanData{lab}"] = round(mean(m, "clean", "chi2_all"), 2)
-        out[f"SlicPSNR{lab}"] = round(mean(m, "cr", "psnr"), 1)
-        out[f"SlicPSNRClean{lab}"] = round(mean(m, "clean", "psnr"), 1)
-        out[f"SlicSSIM{lab}"] = round(mean(m, "cr", "ssim"), 3)
-        out[f"SlicCovSixtyEight{lab}"] = round(mean(m, "cr", "cov68"), 2)
-        out[f"SlicCovNinetyFive{lab}"] = round(mean(m, "cr", "cov95"), 2)
-        out[f"SlicCovGalaxy{lab}"] = round(mean(m, "cr", "cov68_galaxy"), 2)
-        out[f"SlicRefPSNR{lab}"] = round(mean(m, "cr", "reference_psnr"), 1)
+        for name, (data_set, key, digits) in _METRIC_VARIABLES.items():
+            out[f"Slic{name}{lab}"] = round(mean(m, data_set, key), digits)
     return out
 
 
