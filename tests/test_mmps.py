@@ -139,3 +139,14 @@ def test_bad_arguments(problem):
         mmps(prior, y, forward, SIGMA_Y, g, 2, steps=2, covariance="tweedie", precond=lambda d: d, progress=False)
     with pytest.raises(ValueError, match="cg_iters"):
         mmps(prior, y, forward, SIGMA_Y, g, 2, steps=2, cg_iters=0, progress=False)
+
+
+def test_max_step_bounds_the_update(problem):
+    """With a trust region every pixel moves at most max_step from D (exact bound), and the
+    unbounded step does exceed it on this problem (so the bound is what is tested)."""
+    prior, A, y, forward = problem
+    x_t = torch.randn(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    free, D = mmps_isotropic_x0(prior, x_t, 600, 5 * y, forward, torch.tensor(SIGMA_Y), cg_iters=20)
+    assert float((free - D).abs().max()) > 0.05
+    bounded, D2 = mmps_isotropic_x0(prior, x_t, 600, 5 * y, forward, torch.tensor(SIGMA_Y), cg_iters=20, max_step=0.05)
+    assert float((bounded - D2).abs().max()) <= 0.05 + 1e-12

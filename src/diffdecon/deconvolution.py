@@ -179,6 +179,7 @@ def _sample(problem: InverseProblem, prior, sampler: str, n: int, steps: int, ge
         sampler_kwargs.setdefault("cg_iters", problem.profile.cg_iters)
         if sampler_kwargs.get("covariance", "isotropic") == "isotropic":
             sampler_kwargs.setdefault("precond", problem.normal_diagonal)  # Jacobi preconditioner of the CG solve
+            sampler_kwargs.setdefault("max_step", problem.max_step)  # trust region of the linearised step
     chunks = []
     starts = range(0, n, batch_size)
     for i in tqdm(starts, desc=f"{sampler} {problem.name}", unit="batch", disable=not progress or len(starts) == 1):

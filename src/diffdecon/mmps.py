@@ -88,7 +88,7 @@ def _linearised(forward, D: torch.Tensor):
 
 def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 10, x0_clip=None,
                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      generator: Generator | None = None, v0: float = 1.0):
+                      generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None):
     """Posterior denoiser of MMPS with the isotropic covariance ``V_t = c_t I``.
 
     Solves ``(I / c_t + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D))`` (module
@@ -105,6 +105,12 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     ``eta``, ``xi ~ N(0, I)``, has covariance ``A^T Sigma_y^-1 A + I / c_t``, so its solution
     has exactly the posterior covariance. The sampler's ancestral step from a draw of
     ``p(x_0 | x_t, y)`` keeps the spread that the step from the mean loses on a coarse time grid.
+
+    ``max_step`` [prior-space units] bounds each pixel's update ``|delta|``: a trust region for
+    a forward model that is far from linear in ``x`` (the asinh stretch multiplies the flux by
+    e every ``2 / asinh(1/a)`` in ``x``), where the linearised step can overshoot a pixel that
+    ``D`` puts in the sky but the data make bright to the clip. The next steps, linearised
+    anew, carry on from where it stops.
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
@@ -127,7 +133,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
 
         m_inv = None if precond is None else 1.0 / (1.0 / c + precond(D).to(D.dtype))
         delta = _cg(matvec, b.detach(), cg_iters, m_inv)
-    return _clip(D + delta.detach(), x0_clip), D
+    delta = delta.detach() if max_step is None else delta.detach().clamp(-max_step, max_step)
+    return _clip(D + delta, x0_clip), D
 
 
 def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=None):
@@ -187,6 +194,7 @@ def mmps(
     precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
     x0_draw: bool = False,
     v0: float = 1.0,
+    max_step: float | None = None,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -198,7 +206,7 @@ def mmps(
     observation flux units, ``forward`` from prior space to observation flux), plus
     ``cg_iters`` CG iterations per step, ``eta`` in [0, 1], ``x0_clip`` (None, c or
     (lo, hi), prior space), ``covariance`` in :data:`COVARIANCES` (module docstring),
-    ``precond`` and ``x0_draw`` (isotropic only, see :func:`mmps_isotropic_x0`: with
+    ``precond``, ``max_step`` and ``x0_draw`` (isotropic only, see :func:`mmps_isotropic_x0`: with
     ``x0_draw`` the step starts from a draw of the Gaussian ``p(x_0 | x_t, y)``, otherwise
     from its mean, which under-disperses the samples on a coarse time grid).
 
@@ -220,7 +228,8 @@ def mmps(
     for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps ({covariance})", disable=not progress, leave=False)):
         if covariance == "isotropic":
             g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
-            x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0)
+            x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
+                                           max_step)
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
         z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None

@@ -273,6 +273,13 @@ def unstretch(x, a: float):
     return a * lib.sinh((x + 1) * math.asinh(1 / a) / 2)
 
 
+def stretch_efold(a: float) -> float:
+    """Step in prior space that multiplies a bright pixel's flux by e: ``2 / asinh(1/a)``
+    [prior-space units] (0.38 for ``a = 0.01``), the scale on which the stretched forward
+    model stops being linear."""
+    return 2.0 / math.asinh(1.0 / a)
+
+
 def unstretch_derivative(x, a: float):
     """``d unstretch / dx = a cosh((x + 1) k) k``, ``k = asinh(1/a) / 2`` [normalised flux per
     prior-space unit]: how much flux one step in prior space is worth at ``x``."""

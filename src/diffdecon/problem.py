@@ -37,7 +37,7 @@ from . import data, paths, physics
 from .background import background_level, estimate_noise_sigma
 from .config import BANDS, HSC_PIXEL_SCALE, Profile, get_profile
 from .cosmology import WINDOW_MARGIN, window_side
-from .prior import unstretch, unstretch_derivative
+from .prior import stretch_efold, unstretch, unstretch_derivative
 
 __all__ = ["InverseProblem", "prepare_observation", "prepare_target", "from_mock", "present_targets"]
 
@@ -112,6 +112,14 @@ class InverseProblem:
     def to_flux(self, x: torch.Tensor) -> torch.Tensor:
         """Prior space ``x`` -> model flux ``s * unstretch(x)`` [flux per model px]."""
         return self.scale * unstretch(x, self.profile.asinh_a)
+
+    @property
+    def max_step(self) -> float:
+        """Trust region of one linearised MMPS update [prior-space units]: two e-foldings of a
+        bright pixel's flux (:func:`diffdecon.prior.stretch_efold`). Without it a pixel that
+        the denoiser puts in the sky while the data make it bright can be pushed to the clip,
+        with a flux hundreds of times the galaxy's."""
+        return 2.0 * stretch_efold(self.profile.asinh_a)
 
     def normal_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """``diag(A_x^T Sigma_y^-1 A_x)`` of the forward model linearised at prior-space ``x``

@@ -127,6 +127,7 @@ def posterior_draws(case: CalibrationCase, prior, n: int, settings: dict, seed: 
     kw = {"x0_clip": X0_RANGE, **settings}
     if kw.get("covariance", "isotropic") == "isotropic":
         kw.setdefault("precond", case.problem.normal_diagonal)
+        kw.setdefault("max_step", case.problem.max_step)
     gens = [torch.Generator().manual_seed(seed * 100_003 + j) for j in range(n)]
     p = case.problem
     return samplers.mmps(prior, p.y, p.forward, p.sigma, gens, n, progress=False, **kw).detach()
