@@ -40,14 +40,11 @@ def test_psf_widths_scale_with_the_image_and_kernels_are_normalised():
 
 
 @pytest.mark.parametrize("k", [5, 9])  # physics' direct path below 9 px, its FFT path from 9 px
-def test_convolve_is_a_convolution_and_adjoint(k):
+def test_convolve_is_a_convolution(k):
+    """A point source returns the kernel (the adjoint is checked in tests/test_adjoint.py)."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 12, 12, generator=g, dtype=torch.float64)
     psf = torch.rand(3, k, k, generator=g, dtype=torch.float64)
-    r = torch.rand(3, 1, 12, 12, generator=g, dtype=torch.float64)
-    # <A x, r> = <x, A^T r> (float64: 1e-10 relative)
-    lhs, rhs = (C.convolve(x, psf) * r).sum(), (x * C.convolve_adjoint(r, psf)).sum()
-    assert float(abs(lhs - rhs)) < 1e-10 * float(abs(lhs))
     # a point source returns the (unflipped) kernel: a true convolution, per image
     d = torch.zeros(3, 1, 12, 12, dtype=torch.float64)
     d[:, 0, 6, 6] = 1
