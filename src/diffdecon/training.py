@@ -370,13 +370,7 @@ def load_snapshot(profile: Profile | str, step: int, directory: str | Path | Non
         return load_prior(profile, d)
     if not f.exists():
         raise FileNotFoundError(f"no EMA snapshot for step {step} in {d}; available steps: {fid_steps(profile)}")
-    prior = DiffusionPrior(profile)
-    prior.unet.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                for k, v in torch.load(f, map_location="cpu").items()})
-    prior.eval().requires_grad_(False)
-    prior.checkpoint_sha256 = cache.sha256_file(f)
-    prior.checkpoint_path = f
-    return prior
+    return load_prior(profile, f)  # float16 snapshots load as float32
 
 
 def prior_directory(profile: Profile | str, dataset=None, progress: bool = True) -> Path:
