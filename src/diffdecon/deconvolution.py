@@ -143,10 +143,7 @@ def deconvolve(problem: InverseProblem, prior, sampler: str = "mmps", n: int | N
     samples = _sample(problem, prior, sampler, n, steps, generator, batch_size, progress, sampler_kwargs)
     wall = time.perf_counter() - t0
     flux, mean, std, chi2 = _flux_summaries(problem, samples, sampler)
-    with torch.no_grad():
-        Ax = problem.operator.A(flux)
-        r = (problem.y.double() - Ax) / problem.sigma.double().view(1, -1, 1, 1)
-    chi2_samples = to_numpy(r.pow(2).flatten(1).mean(1))
+    chi2_samples = problem.sample_chi2(flux)
     ref = reference_samples.prior_samples(prior, progress=progress) if prior_samples is None else prior_samples
     vr = posterior.variance_ratio(samples, ref.to(samples.dtype))
     vr_ap = float(posterior.aperture_mean(vr, P.aperture_radius_px))

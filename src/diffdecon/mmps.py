@@ -14,9 +14,10 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
   ``|J^T w - J w| / |J w|`` of 0.25-0.99 and negative eigenvalues of its symmetric part),
   and conjugate gradients on the resulting system do not converge: the samples then miss
   the data by orders of magnitude at high signal-to-noise.
-* ``"isotropic"`` (default): ``V_t = c_t I`` with ``c_t = sigma_t^2 / alpha_t``, the value
-  of the Tweedie covariance for a locally flat prior and the limit of every prior at small
-  noise. The conditioned mean is then a regularised least-squares problem in ``x_0``,
+* ``"isotropic"`` (default): ``V_t = c_t I`` with ``c_t = sigma_t^2 v0 / (alpha_t^2 v0 +
+  sigma_t^2)``, the Tweedie covariance of a ``N(mu, v0 I)`` prior (``v0 = 1`` by default: the
+  images span about [-1, 2]); it tends to ``sigma_t^2 / alpha_t^2``, the limit of every prior,
+  at small noise. The conditioned mean is then a regularised least-squares problem in ``x_0``,
 
       x0_post = D + delta,   (I / c_t + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D)),   (Woodbury form)
 

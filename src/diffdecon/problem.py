@@ -121,6 +121,13 @@ class InverseProblem:
         with a flux hundreds of times the galaxy's."""
         return 2.0 * stretch_efold(self.profile.asinh_a)
 
+    def sample_chi2(self, flux: torch.Tensor) -> np.ndarray:
+        """Reduced chi^2 of every model image ``A(flux)`` against ``y``, all bands together
+        (dof = observed pixels), for ``flux`` (n, C, H, W) [flux per model px]; (n,), float64."""
+        with torch.no_grad():
+            r = (self.y.double() - self.operator.A(flux.double())) / self.sigma.double().view(1, -1, 1, 1)
+        return r.pow(2).flatten(1).mean(1).cpu().numpy()
+
     def normal_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """``diag(A_x^T Sigma_y^-1 A_x)`` of the forward model linearised at prior-space ``x``
         (B, C, H, W) [1 / prior-space units^2]: the Jacobi preconditioner of
