@@ -14,7 +14,6 @@ from diffdecon import conditional_models as M
 from diffdecon import conditional_training as T
 from diffdecon.config import get_profile
 from diffdecon.loop import SimulatedKill, run_loop
-from diffdecon.training import denoising_loss
 
 
 def _pairs(n=24, size=8, sigma_y=0.01, seed=2, psf_size=3):
@@ -113,25 +112,6 @@ def test_conditioned_prior_uses_the_prior_conversions_and_guidance(prediction):
         # guidance w = 2: 3 net(c) - 2 net(0)
         g = M.conditioned_prior(net, prof, p.y, p.psf, w=2.0)
         torch.testing.assert_close(g.net(x_t, t), 3 * out - 2 * out_u, rtol=1e-5, atol=1e-5)
-
-
-def test_denoising_loss_against_hand_computed_values():
-    abar = torch.tensor([0.9, 0.36, 0.01])
-    x0, eps = torch.ones(2, 1, 4, 4), torch.full((2, 1, 4, 4), 2.0)
-    t = torch.tensor([1, 1])
-    seen = {}
-
-    def zero_net(x_t, t_):
-        seen["x_t"] = x_t
-        return torch.zeros_like(x_t)
-
-    # epsilon: mean (0 - 2)^2 = 4; x_t = 0.6 * 1 + 0.8 * 2 = 2.2
-    assert float(denoising_loss(zero_net, abar, x0, t, eps, "epsilon")) == pytest.approx(4.0)
-    torch.testing.assert_close(seen["x_t"], torch.full_like(x0, 2.2))
-    # v = 0.6 * 2 - 0.8 * 1 = 0.4: loss 0.16
-    assert float(denoising_loss(zero_net, abar, x0, t, eps, "v")) == pytest.approx(0.16)
-    with pytest.raises(ValueError, match="epsilon, v"):
-        denoising_loss(zero_net, abar, x0, t, eps, "x0")
 
 
 # --------------------------------------------------------------------------- CVAE

@@ -5,7 +5,7 @@ applies a random dihedral transform (the Gaussian PSFs are symmetric under it, s
 pair stays consistent), and makes a *fresh* observation ``y = Pi * x + sigma_y n`` with the
 noise from the loop's noise generator, so the models never see the same noise twice.
 The conditional diffusion model and the one-band prior use the package's denoising loss
-(:func:`diffdecon.training.denoising_loss`, v or epsilon per ``profile.prediction``); the
+(:func:`diffdecon.denoising.denoising_loss`, v or epsilon per ``profile.prediction``); the
 CVAE its weighted ELBO. Weights used for sampling: the EMA of the run.
 """
 
@@ -21,7 +21,8 @@ from .conditional import ConditionalConfig, Pairs, get_config, observe
 from .conditional_models import CVAE, ConditionalUNet, one_band_prior, one_band_profile
 from .config import Profile, get_profile
 from .loop import Loop, ema_decay_at, run_loop
-from .training import augment, denoising_loss
+from .denoising import denoising_loss
+from .training import augment
 
 KINDS = ("diffusion", "cvae", "prior")
 
