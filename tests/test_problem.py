@@ -56,6 +56,15 @@ def test_prepare_observation_errors(smoke_galaxy):
         problem.prepare_observation(bad, psfs, 0.3, "smoke", (49.5, 49.5))
     with pytest.raises(ValueError, match="one of each per band"):
         problem.prepare_observation(np.zeros((3, 100, 100)), psfs[:2], 0.3, "smoke", (49.5, 49.5))
+    sky = np.random.default_rng(0).normal(0.0, 0.01, (3, 100, 100))
+    with pytest.raises(ValueError, match="one noise sigma > 0 per band"):
+        problem.prepare_observation(sky, psfs, 0.3, "smoke", (49.5, 49.5), sigma=[0.01, 0.01])
+    with pytest.raises(ValueError, match="one noise sigma > 0 per band"):
+        problem.prepare_observation(sky, psfs, 0.3, "smoke", (49.5, 49.5), sigma=[0.01, 0.0, 0.01])
+    hole = sky.copy()
+    hole[:, 30:70, 30:70] -= 1.0  # a negative patch where the galaxy should be
+    with pytest.raises(ValueError, match="accepted: a positive total"):
+        problem.prepare_observation(hole, psfs, 0.3, "smoke", (49.5, 49.5), sigma=[0.01] * 3)
 
 
 def test_from_mock_matches_operator(smoke_mock):

@@ -47,7 +47,7 @@ def dps_guidance(prior, x_t, t: int, y, forward, sigma_y, zeta: float = 1.0,
     return x0.detach(), g, norm.detach()
 
 
-def dps(
+def dps(  # long only by its 15 documented parameters: the body is checks and a 6-line loop
     prior: Any,
     y,
     forward: Callable[[torch.Tensor], torch.Tensor],

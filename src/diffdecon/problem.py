@@ -203,19 +203,8 @@ def prepare_observation(images: np.ndarray | Sequence[np.ndarray], psfs: np.ndar
     row0, col0, n = _place_window(window_side(m, margin), images.shape[1:], x, yc, name)
     # Offset of the galaxy from the window's geometric centre, (n - 1) / 2 [obs px].
     dy, dx = yc - (row0 + (n - 1) / 2), x - (col0 + (n - 1) / 2)
-    if sigma is None:
-        sigma = [estimate_noise_sigma(im, mask_sources=True) for im in images]
-    sigma = np.asarray(sigma, dtype=np.float64)
-    if sigma.shape != (images.shape[0],) or not np.all(sigma > 0):
-        raise ValueError(f"{name}: sigma={sigma!r}; accepted: one noise sigma > 0 per band [flux per obs px]")
-    background = np.array([background_level(im) for im in images])
-    y = images[:, row0 : row0 + n, col0 : col0 + n] - background[:, None, None]
-    total = float(y.sum())
-    if not total > 0:
-        raise ValueError(
-            f"{name}: the background-subtracted flux in the {n} x {n} px window is {total:.4g}; "
-            "accepted: a positive total (is there a galaxy at the given position?)"
-        )
+    sigma = _noise_sigma(images, sigma, name)
+    y, background, total = _window_flux(images, row0, col0, n, name)
     op = physics.ForwardModel(z, psfs, n, P.image_size, P.pixel_scale_kpc, pixel_scale_arcsec,
                               center_offset=(dy, dx), dtype=dtype)
     win_wcs = None if wcs is None else wcs.slice((slice(row0, row0 + n), slice(col0, col0 + n)))
@@ -226,6 +215,31 @@ def prepare_observation(images: np.ndarray | Sequence[np.ndarray], psfs: np.ndar
         background=background, center_xy=(x - col0, yc - row0), ra=ra, dec=dec,
     )
 
+
+def _noise_sigma(images: np.ndarray, sigma, name: str) -> np.ndarray:
+    """Per-band noise sigma (C,) [flux per obs px]: ``sigma`` as given, or estimated from the
+    full cutout ``images`` (C, N, M) with sources masked; checked to be one value > 0 per band."""
+    if sigma is None:
+        sigma = [estimate_noise_sigma(im, mask_sources=True) for im in images]
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if sigma.shape != (images.shape[0],) or not np.all(sigma > 0):
+        raise ValueError(f"{name}: sigma={sigma!r}; accepted: one noise sigma > 0 per band [flux per obs px]")
+    return sigma
+
+
+def _window_flux(images: np.ndarray, row0: int, col0: int, n: int, name: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(y, background, total)``: the ``n x n`` window at ``(row0, col0)`` of ``images``
+    (C, N, M) minus each band's background level (C,) [flux per obs px], and the window's
+    total flux, which must be positive (a galaxy is there)."""
+    background = np.array([background_level(im) for im in images])
+    y = images[:, row0 : row0 + n, col0 : col0 + n] - background[:, None, None]
+    total = float(y.sum())
+    if not total > 0:
+        raise ValueError(
+            f"{name}: the background-subtracted flux in the {n} x {n} px window is {total:.4g}; "
+            "accepted: a positive total (is there a galaxy at the given position?)"
+        )
+    return y, background, total
 
 def _checked_bands(images, psfs, P: Profile, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(images (C, N, M), psfs (C, k, k))`` float64, checked: one image and one PSF per band
