@@ -283,13 +283,8 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
     from .deconvolution import deconvolve
     from .problem import from_mock
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ValueError(f"methods={list(methods)!r}; accepted: a non-empty subset of {METHODS}")
-    if not mocks:
-        raise ValueError("mocks is empty; accepted: at least one mock observation")
-    P = prior.profile
-    settings = sampler_settings(P) if settings is None else settings
+    _check_run(mocks, methods)
+    settings = sampler_settings(prior.profile) if settings is None else settings
     problems = [from_mock(mk, prior) for mk in mocks]
     if prior_samples is None and any(m in ("mmps", "dps") for m in methods):
         prior_samples = reference_samples.prior_samples(prior, progress=progress)
@@ -301,27 +296,14 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
         base = None
         for m in methods:
             t0 = time.perf_counter()
+            generator = seed + 1000 * METHODS.index(m) + i
             if m == "mmps":
-                r = deconvolve(prob, prior, "mmps", n=settings.n, steps=settings.mmps_steps,
-                                       generator=seed + 1000 * METHODS.index(m) + i, prior_samples=prior_samples,
-                                       progress=False, cg_iters=settings.cg_iters)
+                r = deconvolve(prob, prior, "mmps", n=settings.n, steps=settings.mmps_steps, generator=generator,
+                               prior_samples=prior_samples, progress=False, cg_iters=settings.cg_iters)
             elif m == "dps":
-                r = None
-                ladder = [z for z in DPS_ZETA_LADDER if z <= min([settings.dps_zeta] + dps_zeta)]
-                for zeta in ladder or [settings.dps_zeta]:
-                    try:
-                        r = deconvolve(prob, prior, "dps", n=settings.n, steps=settings.dps_steps,
-                                               generator=seed + 1000 * METHODS.index(m) + i,
-                                               prior_samples=prior_samples, progress=False, convention="paper",
-                                               zeta=zeta)
-                        break
-                    except DivergenceError as err:
-                        print(f"[diffdecon] {prob.name} #{i}: DPS with zeta={zeta} diverged ({err}); "
-                              "retrying with a smaller zeta")
-                if r is None:
-                    print(f"[diffdecon] {prob.name} #{i}: DPS diverged for every zeta in {DPS_ZETA_LADDER}; "
-                          "recorded as diverged (NaN), left out of the means and of the calibration")
-                dps_zeta.append(zeta if r is not None else math.nan)
+                r, zeta = _dps_down_the_ladder(prob, prior, settings, generator, prior_samples, dps_zeta,
+                                               f"{prob.name} #{i}")
+                dps_zeta.append(zeta)
             elif base is None:  # both baselines at once; their time is booked on the first
                 base = baseline_estimates(prob)
             if m in post:
@@ -332,13 +314,49 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
                 est[m].append(base[m])
             wall[m] += time.perf_counter() - t0
     estimates = {m: torch.stack(v) for m, v in est.items()}
+    return MockValidation(problems, estimates, _score_all(problems, estimates), post, settings, wall, dps_zeta)
+
+
+def _check_run(mocks: Sequence, methods: Sequence[str]) -> None:
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"methods={list(methods)!r}; accepted: a non-empty subset of {METHODS}")
+    if not mocks:
+        raise ValueError("mocks is empty; accepted: at least one mock observation")
+
+
+def _dps_down_the_ladder(prob, prior, settings: SamplerSettings, generator: int, prior_samples,
+                         used: list[float], label: str):
+    """DPS on one problem, trying the scales of :data:`DPS_ZETA_LADDER` from the smallest one
+    ``used`` on earlier mocks (or ``settings.dps_zeta``) down until one does not diverge.
+
+    Returns ``(PosteriorResult, zeta)``, or ``(None, nan)`` when it diverged at every scale.
+    """
+    from .deconvolution import deconvolve
+
+    ladder = [z for z in DPS_ZETA_LADDER if z <= min([settings.dps_zeta] + used)]
+    for zeta in ladder or [settings.dps_zeta]:
+        try:
+            r = deconvolve(prob, prior, "dps", n=settings.n, steps=settings.dps_steps, generator=generator,
+                           prior_samples=prior_samples, progress=False, convention="paper", zeta=zeta)
+            return r, zeta
+        except DivergenceError as err:
+            print(f"[diffdecon] {label}: DPS with zeta={zeta} diverged ({err}); retrying with a smaller zeta")
+    print(f"[diffdecon] {label}: DPS diverged for every zeta in {DPS_ZETA_LADDER}; "
+          "recorded as diverged (NaN), left out of the means and of the calibration")
+    return None, math.nan
+
+
+def _score_all(problems: list, estimates: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+    """{method: {metric: ndarray (n_mock,)}}: :func:`score_estimate` of each mock's estimate,
+    NaN for every metric where the estimate diverged (non-finite)."""
     scores = {}
     for m, E in estimates.items():
         rows = [score_estimate(p.truth, E[i], p.y, p.operator, p.sigma) if torch.isfinite(E[i]).all()
                 else dict.fromkeys(("psnr", "ssim", "flux_error", "chi2"), math.nan)  # diverged: no estimate
                 for i, p in enumerate(problems)]
         scores[m] = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    return MockValidation(problems, estimates, scores, post, settings, wall, dps_zeta)
+    return scores
 
 
 def metrics_rows(val: MockValidation) -> list[list[str]]:
