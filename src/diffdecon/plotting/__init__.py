@@ -45,6 +45,18 @@ def mark_synthetic(fig, text: str = "SYNTHETIC galaxies (GalSim), not TNG") -> N
              bbox=dict(facecolor="white", alpha=0.8, edgecolor="crimson", lw=0.5))
 
 
+def finish_plot(fig, ax, title: str, stamp: str | None = None, **legend):
+    """Finish a one-panel plot: the legend of ``ax`` (``legend`` keywords, fontsize 7 unless
+    given), its title (fontsize 9), the :func:`mark_synthetic` stamp ``stamp`` when the data
+    are synthetic or simulated, and the layout. Returns ``fig``."""
+    ax.legend(**{"fontsize": 7, **legend})
+    ax.set_title(title, fontsize=9)
+    if stamp is not None:
+        mark_synthetic(fig, stamp)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, name: str, directory: Path | None = None, formats=("pdf", "png"), dpi: int = 150) -> list[Path]:
     """Save ``fig`` as ``paper/figures/<name>.<fmt>`` atomically, then close it.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import mark_synthetic, to_numpy
+from . import finish_plot, mark_synthetic, to_numpy
 
 
 def _show(ax, img, title, vmin=None, vmax=None, cmap="magma"):
@@ -92,8 +92,5 @@ def cr_flux_figure(names, values, profile: str):
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("(model - truth) flux on CR pixels\n/ cosmic-ray flux")
-    ax.legend(fontsize=7)
-    ax.set_title(f"Flux on the cosmic-ray footprints [profile {profile}]", fontsize=9)
-    mark_synthetic(fig, "SIMULATED exposures and cosmic rays")
-    fig.tight_layout()
-    return fig
+    return finish_plot(fig, ax, f"Flux on the cosmic-ray footprints [profile {profile}]",
+                       "SIMULATED exposures and cosmic rays")

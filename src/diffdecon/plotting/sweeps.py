@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import _rgb_panel, auto_stretch, mark_synthetic, to_numpy
+from . import _rgb_panel, auto_stretch, finish_plot, mark_synthetic, to_numpy
 
 
 def magnitude_sweep_figure(mags, truth, observed, mean, variance_ratio, snr, vr_aperture, profile: str, source: str):
@@ -49,8 +49,5 @@ def variance_ratio_vs_magnitude_figure(mags, vr_mean, vr_std, published=None, si
         ax.plot(mags, published, marker="^", ls="--", color="0.4", label="published (Table 2)")
     ax.set_xlabel("total magnitude (i) [AB]")
     ax.set_ylabel("variance ratio (aperture)")
-    ax.legend(fontsize=7)
-    ax.set_title(f"Variance ratio vs magnitude [{profile}]", fontsize=9)
-    mark_synthetic(fig, "SYNTHETIC galaxies (GalSim), mock observations")
-    fig.tight_layout()
-    return fig
+    return finish_plot(fig, ax, f"Variance ratio vs magnitude [{profile}]",
+                       "SYNTHETIC galaxies (GalSim), mock observations")

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from . import finish_plot
+
 
 def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: int = 25,
                           prediction: str = "epsilon"):
@@ -30,7 +32,4 @@ def training_curve_figure(log: list[dict[str, Any]], title: str = "", smooth: in
         raise ValueError(f"prediction={prediction!r}: expected one of 'epsilon', 'v'")
     ax.set_ylabel(f"{target}-MSE loss")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return finish_plot(fig, ax, title, fontsize=8)

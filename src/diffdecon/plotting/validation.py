@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from . import _rgb_panel, auto_stretch, mark_synthetic, to_numpy
+from . import _rgb_panel, auto_stretch, finish_plot, mark_synthetic, to_numpy
 
 
 def deconvolution_figure(rows, source: str, profile: str):
@@ -90,8 +90,5 @@ def tarp_figure(curves, profile: str):
     ax.set_ylabel("expected coverage")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(f"TARP coverage on mock observations [{profile}]", fontsize=9)
-    mark_synthetic(fig, "SYNTHETIC galaxies (GalSim), mock observations")
-    fig.tight_layout()
-    return fig
+    return finish_plot(fig, ax, f"TARP coverage on mock observations [{profile}]",
+                       "SYNTHETIC galaxies (GalSim), mock observations", fontsize=8, loc="upper left")
