@@ -31,6 +31,21 @@ def test_unknown_profile_names_accepted_values():
         config.get_profile("fast")
 
 
+@pytest.mark.parametrize("field, value, accepted", [
+    ("prediction", "x0", "epsilon, v"),
+    ("lr_schedule", "step", "constant, cosine"),
+    ("shift_start_fraction", 1.5, "a fraction of the run in [0, 1]"),
+])
+def test_profile_refuses_values_it_does_not_accept(field, value, accepted):
+    import dataclasses
+
+    from diffdecon.errors import InputValueError
+
+    with pytest.raises(InputValueError) as err:
+        dataclasses.replace(config.get_profile("smoke"), **{field: value})
+    assert (err.value.name, err.value.value, err.value.accepted) == (field, value, accepted)
+
+
 def test_notebook_profile_env_override(monkeypatch):
     monkeypatch.setenv(config.PROFILE_ENV, "smoke")
     assert config.notebook_profile("quick").name == "smoke"

@@ -89,7 +89,7 @@ def test_v_prediction_recovers_x0_and_eps_at_every_t(generator):
     # float64, no division by sqrt(abar) (4.9e-5 at t = 999): errors ~1e-15.
     torch.testing.assert_close(prior.x0_hat(x_t, t), x0, rtol=0, atol=1e-12)
     torch.testing.assert_close(prior.eps(x_t, t), eps, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="accepted values epsilon, v"):
+    with pytest.raises(ValueError, match="prediction='x0'; accepted: epsilon, v"):
         dataclasses.replace(SMOKE, prediction="x0")
 
 

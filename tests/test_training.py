@@ -134,7 +134,7 @@ def test_learning_rate_schedules():
     assert learning_rate_at(99, cos) == pytest.approx(1e-3 * (1 + math.cos(math.pi * 0.99)) / 2)
     lrs = [learning_rate_at(k, cos) for k in range(10, 100)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays monotonically after the warm-up
-    with pytest.raises(ValueError, match="accepted values constant, cosine"):
+    with pytest.raises(ValueError, match="lr_schedule='step'; accepted: constant, cosine"):
         dataclasses.replace(const, lr_schedule="step")
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import InputValueError
+
 BANDS: tuple[str, ...] = ("g", "r", "i")
 """Photometric bands of the model images and of the HSC observations, in this order."""
 
@@ -139,11 +141,11 @@ class Profile:
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={self.prediction!r}: accepted values {', '.join(PREDICTIONS)}")
+            raise InputValueError("prediction", self.prediction, ", ".join(PREDICTIONS))
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r}: accepted values {', '.join(LR_SCHEDULES)}")
+            raise InputValueError("lr_schedule", self.lr_schedule, ", ".join(LR_SCHEDULES))
         if not 0 <= self.shift_start_fraction <= 1:
-            raise ValueError(f"shift_start_fraction={self.shift_start_fraction!r}: accepted values in [0, 1]")
+            raise InputValueError("shift_start_fraction", self.shift_start_fraction, "a fraction of the run in [0, 1]")
 
     @property
     def field_of_view_kpc(self) -> float:
@@ -171,33 +173,19 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        name="smoke",
-        image_size=32,
-        pixel_scale_kpc=1.2,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        attention_resolutions=(),
-        dataset_size=256,
-        train_steps=40,
-        batch_size=16,
-        checkpoint_every=20,
-        sampling_steps=10,
-        cg_iters=1,
-        n_posterior=4,
-        n_prior=8,
-        n_mock=2,
-        max_shift_px=1,
-        prediction="v",
+        name="smoke", image_size=32, pixel_scale_kpc=1.2, prediction="v",
+        # network
+        block_out_channels=(16, 32), layers_per_block=1, attention_resolutions=(),
+        # training set and run
+        dataset_size=256, train_steps=40, batch_size=16, checkpoint_every=20, max_shift_px=1,
+        # posterior sampling and validation
+        sampling_steps=10, cg_iters=1, n_posterior=4, n_prior=8, n_mock=2,
     ),
     "quick": Profile(
-        name="quick",
-        image_size=64,
-        pixel_scale_kpc=0.6,
-        block_out_channels=(32, 64, 96, 128),
-        layers_per_block=1,
-        attention_resolutions=(16, 8),
-        dataset_size=12000,
-        # 3.8 M parameters. Trained on a GPU (H100: 0.09 s per step at batch 64 to 256, so
+        name="quick", image_size=64, pixel_scale_kpc=0.6, prediction="v",
+        # network: 3.8 M parameters
+        block_out_channels=(32, 64, 96, 128), layers_per_block=1, attention_resolutions=(16, 8),
+        # Trained on a GPU (H100: 0.09 s per step at batch 64 to 256, so
         # the step is overhead-bound and a large batch is free: 2,750 img/s at 256, see
         # results/bench_training_gpu.json): 4,200 steps of 256 images = 90 epochs of the
         # 12,000 galaxies in 310 s of training. On 2 idle CPU cores (17 img/s at best) the
@@ -209,39 +197,17 @@ PROFILES: dict[str, Profile] = {
         # the start: switched on at 4/7 of a run this short (as the paper did at 300k of
         # 525k), it moved the samples away from the unshifted training set just before the
         # FID checkpoints (measured FID 2.4 at step 2400, 15.9 at 3000, 7.5 at 4200).
-        train_steps=4200,
-        lr=3e-4,
-        lr_schedule="cosine",
-        lr_warmup_steps=100,
-        shift_start_fraction=0.0,
-        batch_size=256,
-        checkpoint_every=500,
+        dataset_size=12000, train_steps=4200, batch_size=256, checkpoint_every=500, max_shift_px=3,
+        lr=3e-4, lr_schedule="cosine", lr_warmup_steps=100, shift_start_fraction=0.0,
         # Posterior sampling dominates the notebooks' CPU time: MMPS with the isotropic
         # covariance costs one network evaluation per step plus cg_iters products by A and A^T.
-        sampling_steps=20,
-        cg_iters=10,
-        n_posterior=16,
-        n_prior=64,
-        n_mock=8,
-        max_shift_px=3,
-        prediction="v",
+        sampling_steps=20, cg_iters=10, n_posterior=16, n_prior=64, n_mock=8,
     ),
     "paper": Profile(
-        name="paper",
-        image_size=256,
-        pixel_scale_kpc=0.4,
-        block_out_channels=(192, 192, 384, 384, 768, 768),
-        layers_per_block=3,
-        attention_resolutions=(16, 8),
-        dataset_size=17852,
-        train_steps=525_000,
-        batch_size=64,
-        checkpoint_every=5000,
-        sampling_steps=1000,
-        n_posterior=256,
-        n_prior=1024,
-        n_mock=64,
-        max_shift_px=10,
+        name="paper", image_size=256, pixel_scale_kpc=0.4,  # prediction: the published epsilon (default)
+        block_out_channels=(192, 192, 384, 384, 768, 768), layers_per_block=3, attention_resolutions=(16, 8),
+        dataset_size=17852, train_steps=525_000, batch_size=64, checkpoint_every=5000, max_shift_px=10,
+        sampling_steps=1000, n_posterior=256, n_prior=1024, n_mock=64,  # cg_iters: the default
     ),
 }
 
