@@ -46,16 +46,14 @@ def paper_bench():
 
 
 def test_sampler_kwargs_pass_through_what_the_sampler_takes(common):
+    from diffdecon.validation import SamplerSettings
+
     @dataclasses.dataclass(frozen=True)
-    class Settings:
-        n: int = 8
-        mmps_steps: int = 30
-        cg_iters: int = 3
-        dps_steps: int = 1000
-        dps_zeta: float = 0.01
-        mmps_covariance: str = "isotropic"
+    class Settings(SamplerSettings):  # the settings the benches pass, plus a sampler option they lack
         eta: float = 0.5
-        note: str = "not an argument"
+
+    settings = Settings(n=8, mmps_steps=30, cg_iters=3, dps_steps=1000, dps_zeta=0.01, note="not an argument",
+                        mmps_covariance="isotropic")
 
     def mmps(prior, y, forward, sigma_y, generator, n, steps=100, cg_iters=5, eta=1.0, covariance="tweedie",
              progress=True):
@@ -64,12 +62,12 @@ def test_sampler_kwargs_pass_through_what_the_sampler_takes(common):
     def dps(prior, y, forward, sigma_y, generator, n, steps=None, zeta=1.0, convention="reference"):
         pass
 
-    assert common.sampler_kwargs(Settings(), "mmps", mmps) == {"steps": 30, "cg_iters": 3, "eta": 0.5,
+    assert common.sampler_kwargs(settings, "mmps", mmps) == {"steps": 30, "cg_iters": 3, "eta": 0.5,
                                                               "covariance": "isotropic"}
-    assert common.sampler_kwargs(Settings(), "dps", dps) == {"steps": 1000, "zeta": 0.01, "convention": "paper"}
+    assert common.sampler_kwargs(settings, "dps", dps) == {"steps": 1000, "zeta": 0.01, "convention": "paper"}
     with pytest.raises(ValueError, match="accepted: mmps, dps"):
-        common.sampler_kwargs(Settings(), "daps", mmps)
-    bad = dict(dataclasses.asdict(Settings()), mmps_kwargs={"solver": "gmres"})
+        common.sampler_kwargs(settings, "daps", mmps)
+    bad = dict(dataclasses.asdict(settings), mmps_kwargs={"solver": "gmres"})
     with pytest.raises(ValueError, match="solver"):
         common.sampler_kwargs(bad, "mmps", mmps)
 
