@@ -277,7 +277,7 @@ def posterior_moment_errors(samples, mu_post, Sigma_post) -> dict[str, float]:
 # ------------------------------------------------------------------ coverage
 
 
-def tarp_coverage(samples, truths, references: str = "random", metric: str = "euclidean",
+def tarp_coverage(samples, truths, references="random", metric: str = "euclidean",
                   norm: bool = True, bootstrap: bool = False, num_bootstrap: int = 100, seed: int = 0,
                   num_alpha_bins: int | None = None):
     """TARP expected coverage (Lemos et al. 2023) via the PyPI ``tarp`` package.
@@ -286,7 +286,12 @@ def tarp_coverage(samples, truths, references: str = "random", metric: str = "eu
     ----------
     samples : (n_samples, n_sims, n_dims) posterior samples (flatten images to n_dims).
     truths : (n_sims, n_dims) true parameters.
-    references, metric, norm, bootstrap, num_bootstrap : passed to ``get_tarp_coverage``.
+    references : ``"random"`` (``tarp``'s default: uniform in [0, 1]^n_dims, meaningful only
+        for normalised parameters) or an array (n_sims, n_dims) of reference points, one per
+        simulation, in the units of ``truths``; the reference of simulation k must be
+        independent of truth k and its samples (e.g. another truth of the same set). With
+        ``norm`` they are normalised as the truths and samples are.
+    metric, norm, bootstrap, num_bootstrap : passed to ``get_tarp_coverage``.
     seed : passed to ``tarp``, which seeds numpy's global generator with it; the global
         state is restored afterwards.
     num_alpha_bins : int, optional
@@ -308,6 +313,16 @@ def tarp_coverage(samples, truths, references: str = "random", metric: str = "eu
         )
     if s.shape[1] < 2:
         raise ValueError("tarp needs at least 2 simulations (n_sims >= 2)")
+    if not isinstance(references, str):
+        references = np.asarray(to_numpy(references), dtype=np.float64)
+        if references.shape != th.shape:
+            raise ValueError(f"references with shape {references.shape}: expected (n_sims, n_dims) = {th.shape} "
+                             "or 'random'")
+        if norm:  # tarp normalises samples and truths by the truths' range, not the references
+            low, high = th.min(0), th.max(0)
+            references = (references - low) / (high - low + 1e-10)
+    elif references != "random":
+        raise ValueError(f"references={references!r}; accepted: 'random' or an (n_sims, n_dims) array")
     state = np.random.get_state()
     try:
         bins = max(1, s.shape[1] // 10) if num_alpha_bins is None else int(num_alpha_bins)
