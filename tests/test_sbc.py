@@ -3,6 +3,9 @@ pixel classes and the half-light radius."""
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -32,15 +35,91 @@ def test_tarp_null_shrinks_and_detects_over_confidence():
     centre = rng.normal(size=(64, 8))
     th = centre + rng.normal(size=(64, 8))
     s = centre[None] + 0.5 * rng.normal(size=(16, 64, 8))
+    assert sbc.tarp_prior(s, th)[2] > null64
+
+
+def _sky_toy(seed: int, K: int = 100, n: int = 16, d: int = 500, shift: float = 0.0, galaxy_spread: float = 1.0):
+    """Prior-space-like toy: 85 % "sky" coordinates with prior mean -1 and std 0.02, the rest
+    "galaxy" with mean 0.5 and std 0.5; posterior std 0.01 (sky) and 0.1 (galaxy). Truth and
+    samples are exchangeable given the posterior centre; ``shift`` is added to every sample
+    coordinate and ``galaxy_spread`` scales the samples' spread in the galaxy coordinates.
+    Returns samples (n, K, d), truths (K, d)."""
+    rng = np.random.default_rng(seed)
+    sky = np.arange(d) < int(0.85 * d)
+    mu, tau, sp = np.where(sky, -1.0, 0.5), np.where(sky, 0.02, 0.5), np.where(sky, 0.01, 0.1)
+    centre = mu + np.sqrt(tau**2 - sp**2) * rng.normal(size=(K, d))
+    truths = centre + sp * rng.normal(size=(K, d))
+    samples = centre[None] + sp * np.where(sky, 1.0, galaxy_spread) * rng.normal(size=(n, K, d)) + shift
+    return samples, truths
+
+
+def test_tarp_with_prior_references_on_a_sky_dominated_toy():
+    """100 truths x 16 samples in d = 500 (null 95th percentile 0.14 by :func:`sbc.tarp_null`,
+    100 replicates). Calibrated: prior-reference TARP within the null band (0.08 measured). A
+    shift of 0.1 posterior sigma of the sky in every coordinate: the uniform references of
+    ``tarp`` see only the summed pixels and reject it (0.50 measured), the prior references
+    do not (0.08). Galaxy coordinates with half the posterior spread: rejected (0.34)."""
     from diffdecon.calibration import tarp_coverage
 
-    assert tarp_coverage(s, th, norm=False, num_alpha_bins=sbc.TARP_BINS)[2] > null64
+    null95 = float(np.quantile(sbc.tarp_null(100, 16, reps=100), 0.95))
+    assert 0.05 < null95 < 0.25
+    s, th = _sky_toy(0)
+    assert sbc.tarp_prior(s, th)[2] <= null95
+    s, th = _sky_toy(0, shift=0.001)
+    assert sbc.tarp_prior(s, th)[2] <= null95
+    assert tarp_coverage(s, th, norm=False, num_alpha_bins=sbc.TARP_BINS)[2] > 2 * null95
+    s, th = _sky_toy(0, galaxy_spread=0.5)
+    alpha, ecp, dev = sbc.tarp_prior(s, th)
+    assert dev > 1.5 * null95 and np.mean(ecp - alpha) < 0  # over-confident: below the diagonal
+
+
+def test_prior_references_are_the_other_truths(monkeypatch):
+    """tarp_prior, and through it tarp_null, use truth k - 1 as the reference of truth k."""
+    th = np.arange(12.0).reshape(4, 3)
+    assert np.array_equal(sbc.prior_references(th)[1:], th[:-1]) and np.array_equal(sbc.prior_references(th)[0], th[-1])
+    with pytest.raises(ValueError, match="n_sims"):
+        sbc.prior_references(th[:1])
+    seen = []
+    real = sbc.tarp_coverage
+
+    def spy(samples, truths, **kw):
+        seen.append(np.array_equal(kw["references"], np.roll(truths, 1, axis=0)) and kw["norm"] is False)
+        return real(samples, truths, **kw)
+
+    monkeypatch.setattr(sbc, "tarp_coverage", spy)
+    sbc.tarp_null(6, 4, reps=3)
+    assert seen == [True] * 3
 
 
 def test_rank_statistics():
+    """Without ties the rank is the number of samples below the truth; a truth equal to m
+    samples gets a rank in [below, below + m], reproducible with the generator's seed."""
+    g = torch.Generator().manual_seed(0)
     samples = torch.tensor([[0.0, 5.0], [1.0, 6.0], [2.0, 7.0]])
-    assert sbc.rank_statistics(torch.tensor([1.5, 10.0]), samples).tolist() == [2, 3]
-    assert sbc.rank_statistics(torch.tensor([-1.0, 5.5]), samples).tolist() == [0, 1]
+    assert sbc.rank_statistics(torch.tensor([1.5, 10.0]), samples, g).tolist() == [2, 3]
+    assert sbc.rank_statistics(torch.tensor([-1.0, 5.5]), samples, g).tolist() == [0, 1]
+    tied = torch.tensor([[1.0], [1.0], [1.0], [0.0]])  # 1 below, 3 ties: rank in {1, 2, 3, 4}
+    ranks = [int(sbc.rank_statistics(torch.tensor([1.0]), tied, g)) for _ in range(400)]
+    assert set(ranks) == {1, 2, 3, 4}
+    first = [sbc.rank_statistics(torch.tensor([1.0]), tied, torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert first[0].tolist() == first[1].tolist()
+    with pytest.raises(ValueError, match="Generator"):
+        sbc.rank_statistics(torch.tensor([1.0]), tied, None)
+
+
+def test_ranks_of_discrete_summaries_are_uniform():
+    """A calibrated sampler of a discrete summary (truth and 8 samples i.i.d. Poisson(1.5):
+    ties in most trials) gives uniform ranks once ties are broken at random (chi^2 p > 0.01,
+    seeded, 2000 truths), while counting only samples strictly below piles them at low ranks
+    (p < 1e-6; the rank is 0 whenever the truth is the minimum, ties included)."""
+    g = torch.Generator().manual_seed(1)
+    n = 8
+    draws = torch.poisson(torch.full((n + 1, 2000), 1.5), generator=g)
+    truth, samples = draws[0], draws[1:]
+    ranks = sbc.rank_statistics(truth, samples, g).numpy()
+    assert sbc._uniformity_p(ranks, n) > 0.01
+    strict = (samples < truth[None]).sum(0).numpy()
+    assert sbc._uniformity_p(strict, n) < 1e-6
 
 
 def test_uniformity_p_flags_skewed_ranks():
@@ -59,6 +138,95 @@ def test_half_light_radius_of_a_ring():
     assert abs(float(sbc._half_light_radius(img)) - 10) <= 1.0
 
 
+def _pixel_integrated(H: int, profile) -> np.ndarray:
+    """``profile(r)`` [flux per px^2] integrated over each pixel of an H x H grid (8 x 8 subpixels)."""
+    yy, xx = np.mgrid[:H, :H] - (H - 1) / 2
+    o = (np.arange(8) + 0.5) / 8 - 0.5
+    return sum(profile(np.hypot(yy + a, xx + b)) for a in o for b in o) / 64
+
+
+@pytest.mark.parametrize("H", [48, 49])
+def test_half_light_radius_of_gaussians_and_discs(H):
+    """Analytic half-light radii: sigma sqrt(2 ln 2) for a circular Gaussian, R / sqrt(2) for a
+    uniform disc of radius R. Within 0.1 px for Gaussian sigma 1.5-6 px and discs of radius
+    3-15 px on even and odd grids (the knots at mid-ring radii leave up to 0.08 px; pixel-centre
+    knots were off by up to 0.36 px)."""
+    for s in (1.5, 2.0, 3.0, 4.0, 6.0):
+        img = torch.as_tensor(_pixel_integrated(H, lambda r: np.exp(-r**2 / (2 * s**2))))[None].repeat(3, 1, 1)
+        assert abs(float(sbc._half_light_radius(img)) - s * math.sqrt(2 * math.log(2))) < 0.1
+    for R in (3.0, 5.0, 10.0, 15.0):
+        img = torch.as_tensor(_pixel_integrated(H, lambda r: (r < R).astype(float)))[None]
+        assert abs(float(sbc._half_light_radius(img)) - R / math.sqrt(2)) < 0.1
+
+
+def test_half_light_radius_is_continuous():
+    """The radius increases strictly with the width of a Gaussian over 201 widths 2-4 px (no two
+    equal: no ties between truth and samples from a discrete radius), batches work, and an
+    image without positive flux has no radius (NaN)."""
+    yy, xx = np.mgrid[:40, :40] - 19.5
+    imgs = torch.as_tensor(np.stack([np.exp(-(yy**2 + xx**2) / (2 * s**2)) for s in np.linspace(2, 4, 201)]))
+    r = sbc._half_light_radius(imgs[:, None])
+    assert r.shape == (201,) and bool((r.diff() > 0).all())
+    assert torch.isnan(sbc._half_light_radius(torch.full((2, 1, 8, 8), -1.0))).all()
+
+
+def test_half_light_radius_ranks_of_a_calibrated_sampler():
+    """Truths and 8 samples drawn alike (Gaussian blobs of width uniform in 2-3 px, 16 x 16
+    grid, where the pixel radii are coarse): half-light radius ranks are uniform (chi^2 p > 0.01,
+    300 truths, seeded)."""
+    rng = np.random.default_rng(3)
+    g = torch.Generator().manual_seed(3)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    w = rng.uniform(2, 3, size=(9, 300))
+    imgs = torch.as_tensor(np.exp(-(yy**2 + xx**2)[None, None] / (2 * w[..., None, None] ** 2)))
+    radius = sbc._half_light_radius(imgs[:, :, None])  # (9, 300)
+    ranks = sbc.rank_statistics(radius[0], radius[1:], g).numpy()
+    assert sbc._uniformity_p(ranks, 8) > 0.01
+
+
 def test_bad_truth_set():
     with pytest.raises(ValueError, match="prior_draws"):
         sbc.truth_images(None, "training", 4)
+
+
+def _fake_problem(C: int = 1):
+    """Stand-in for problem.InverseProblem: identity flux map, unit noise sigma and pixel width,
+    per-sample chi^2 of 1."""
+    return SimpleNamespace(operator=SimpleNamespace(model_pixel_width=1.0), sigma=torch.ones(C),
+                           to_flux=lambda x: x.exp(), sample_chi2=lambda f: np.ones(len(f)), scale=1.0,
+                           profile=SimpleNamespace(asinh_a=0.1))
+
+
+def test_summarise_records_references_and_reproducible_ranks():
+    """summarise on 6 exchangeable stand-in cases (4 samples of 1 x 8 x 8): TARP with the
+    recorded reference scheme and its null band; the same seed gives the same ranks."""
+    g = torch.Generator().manual_seed(4)
+    centre = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+    x_true = centre + 0.1 * torch.randn(centre.shape, generator=g, dtype=torch.float64)
+    cases = [sbc.CalibrationCase(x, 30 * x.exp(), _fake_problem(), 20.0, 0.1) for x in x_true]
+    draws = [c + 0.1 * torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64) for c in centre]
+    a, b = (sbc.summarise(cases, draws, null_reps=20, seed=7) for _ in range(2))
+    assert a["tarp_references"] == sbc.TARP_REFERENCES and 0 <= a["tarp_max_dev"] <= 1 and a["tarp_null_95"] > 0
+    assert a["rank_flux"] == b["rank_flux"] and a["rank_radius"] == b["rank_radius"]
+    assert sum(a["rank_radius"]) == 6 and len(a["rank_radius"]) == 5
+
+
+def test_mock_calibration_uses_prior_references():
+    """mock_calibration (the validation notebook's calibration) keeps its keys and records the
+    reference scheme; its TARP equals tarp_prior on the prior-space samples and truths."""
+    from diffdecon.prior import stretch
+
+    g = torch.Generator().manual_seed(5)
+    results = []
+    for _ in range(5):
+        truth = torch.rand(1, 6, 6, generator=g, dtype=torch.float64)
+        samples = stretch(truth, 0.1)[None] + 0.05 * torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+        problem = _fake_problem()
+        problem.truth = truth
+        results.append(SimpleNamespace(samples=samples, flux_samples=samples.exp(), problem=problem))
+    cal = sbc.mock_calibration(results)
+    assert {"alpha", "ecp", "tarp_max_dev", "tarp_null_95", "coverage", "coverage_target", "chi2_samples",
+            "chi2_samples_std"} <= set(cal) and cal["tarp_references"] == sbc.TARP_REFERENCES
+    S = torch.stack([r.samples for r in results], 1).flatten(2).numpy()
+    T = torch.stack([stretch(r.problem.truth, 0.1) for r in results]).flatten(1).numpy()
+    assert cal["tarp_max_dev"] == pytest.approx(sbc.tarp_prior(S, T)[2])

@@ -17,13 +17,21 @@ Statistics (:func:`summarise`):
   samples a calibrated sampler's empirical quantile interval covers less than its nominal
   level (:func:`finite_sample_coverage`);
 * TARP (Lemos et al. 2023) on prior-space pixels without min-max normalisation, so that
-  near-empty sky pixels, whose range over the truths is tiny, cannot dominate the distance;
-  its maximum deviation from the diagonal is compared with ``tarp_null_95``, the 95th
-  percentile of the same statistic for a perfectly calibrated sampler with the same numbers
-  of truths and samples (:func:`tarp_null`);
+  near-empty sky pixels, whose range over the truths is tiny, cannot dominate the distance,
+  and with reference points drawn from the prior: the reference of truth k is truth k - 1 of
+  the same set (:func:`prior_references`), an independent draw of the truths' distribution,
+  which TARP allows for any reference independent of the truth and its samples. ``tarp``'s
+  default references, uniform in [0, 1]^d, lie far from prior-space images (sky at x ~ -1),
+  so the difference of two squared distances to them reduces to one weighted sum of the
+  pixels, dominated by the sky: TARP would test that single linear statistic. The maximum
+  deviation from the diagonal is compared with ``tarp_null_95``, the 95th percentile of the
+  same statistic, with the same reference scheme, for a perfectly calibrated sampler with
+  the same numbers of truths and samples (:func:`tarp_null`); ``tarp_references`` in the
+  output names the scheme;
 * ranks of the truth among the samples (simulation-based calibration, Talts et al. 2018) for
-  the total flux, the half-light radius and the pixels of the galaxy class, with a chi^2
-  test of uniformity.
+  the total flux, the (continuous) half-light radius and the pixels of the galaxy class, ties
+  broken at random with a seeded generator (:func:`rank_statistics`), with a chi^2 test of
+  uniformity.
 """
 
 from __future__ import annotations
@@ -44,9 +52,9 @@ from .config import Profile
 from .prior import X0_RANGE, stretch, unstretch
 from .units import mag_to_flux
 
-__all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "CalibrationCase", "truth_images", "make_cases", "posterior_draws",
-           "finite_sample_coverage", "tarp_null", "rank_statistics", "summarise", "run_calibration",
-           "manuscript_variables", "mock_calibration"]
+__all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "TARP_REFERENCES", "CalibrationCase", "truth_images", "make_cases",
+           "posterior_draws", "finite_sample_coverage", "prior_references", "tarp_prior", "tarp_null",
+           "rank_statistics", "summarise", "run_calibration", "manuscript_variables", "mock_calibration"]
 
 TRUTH_SETS: tuple[str, ...] = ("prior_draws", "heldout")
 """Accepted truth sets: draws of the prior itself, or held-out synthetic galaxies."""
@@ -60,6 +68,9 @@ TARP_BINS: int = 20
 """Credibility levels at which TARP's expected coverage is evaluated (the same for the
 sampler and its null band; ``tarp``'s default of ``n_sims // 10`` is a single level for fewer
 than 20 truths and hides any deviation)."""
+
+TARP_REFERENCES: str = "prior (other truths)"
+"""TARP's reference scheme, recorded with the results (:func:`prior_references`)."""
 
 
 @dataclass
@@ -147,37 +158,79 @@ def finite_sample_coverage(n: int, levels: Sequence[float] = (0.68, 0.95)) -> di
     return {float(level): float(level) * (n - 1) / (n + 1) for level in levels}
 
 
+def prior_references(truths: np.ndarray) -> np.ndarray:
+    """TARP reference points drawn from the prior: truth k - 1 for truth k (cyclically),
+    ``np.roll(truths, 1, axis=0)``, (n_sims, n_dims) in the truths' units. Each is an
+    independent draw of the truths' distribution, independent of truth k and its samples."""
+    truths = np.asarray(truths)
+    if truths.ndim != 2 or truths.shape[0] < 2:
+        raise ValueError(f"truths with shape {truths.shape}; accepted: (n_sims >= 2, n_dims)")
+    return np.roll(truths, 1, axis=0)
+
+
+def tarp_prior(samples: np.ndarray, truths: np.ndarray, seed: int = 0):
+    """TARP (:func:`calibration.tarp_coverage`, euclidean, not normalised, :data:`TARP_BINS`
+    levels) of ``samples`` (n_samples, n_sims, n_dims) against ``truths`` (n_sims, n_dims)
+    with :func:`prior_references`. Returns (alpha, ecp, max |ecp - alpha|)."""
+    return tarp_coverage(samples, truths, references=prior_references(truths), norm=False, seed=seed,
+                         num_alpha_bins=TARP_BINS)
+
+
 def tarp_null(n_truths: int, n_samples: int, reps: int = 200, dim: int = 8, seed: int = 0) -> np.ndarray:
     """Maximum TARP deviations of a perfectly calibrated sampler (truth and samples i.i.d.
     from one distribution per simulation) with ``n_truths`` and ``n_samples``, ``reps``
-    replicates: the null distribution of :func:`summarise`'s ``tarp_max_dev``."""
+    replicates, with the references of :func:`summarise` and :func:`mock_calibration`
+    (:func:`tarp_prior`): the null distribution of their ``tarp_max_dev``."""
     rng = np.random.default_rng(seed)
     devs = []
     for r in range(reps):
         centre = rng.normal(size=(n_truths, dim))  # each simulation has its own posterior
         th = centre + rng.normal(size=(n_truths, dim))
         s = centre[None] + rng.normal(size=(n_samples, n_truths, dim))
-        devs.append(tarp_coverage(s, th, norm=False, seed=r, num_alpha_bins=TARP_BINS)[2])
+        devs.append(tarp_prior(s, th, seed=r)[2])
     return np.asarray(devs)
 
 
 def _half_light_radius(flux: torch.Tensor) -> torch.Tensor:
-    """Radius [model px] around the image centre holding half of the (positive) flux summed
-    over bands, for (..., C, H, W) -> (...)."""
+    """Radius [model px] around the image centre holding half of the positive flux summed
+    over bands (negative pixels count as 0), for (..., C, H, W) -> (...), float64.
+
+    Continuous: with the distinct pixel-centre radii r_1 < r_2 < ... sorted, the flux F_j of
+    the pixels with centre within r_j is taken as enclosed at the midpoint (r_j + r_{j+1}) / 2,
+    where that ring of pixels is complete, with F = 0 at r = 0; the radius is where the
+    piecewise-linear F(r) crosses half the total (within 0.1 px of the analytic value for
+    pixel-integrated Gaussians and discs, tests/test_sbc.py). NaN where an image has no
+    positive flux."""
     H, W = flux.shape[-2:]
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=flux.dtype), torch.arange(W, dtype=flux.dtype), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                            indexing="ij")
     r = torch.sqrt((yy - (H - 1) / 2) ** 2 + (xx - (W - 1) / 2) ** 2).flatten()
-    f = flux.clamp_min(0).sum(-3).flatten(-2)
-    order = torch.argsort(r)
-    cum = f[..., order].cumsum(-1)
-    idx = (cum < 0.5 * cum[..., -1:]).sum(-1).clamp(max=r.numel() - 1)
-    return r[order][idx]
+    r_j, group = torch.unique(r, return_inverse=True)  # sorted distinct radii
+    f = flux.double().clamp_min(0).sum(-3).flatten(-2)
+    f_j = torch.zeros((*f.shape[:-1], r_j.numel()), dtype=torch.float64).index_add_(-1, group, f)
+    F = torch.cat([torch.zeros_like(f_j[..., :1]), f_j.cumsum(-1)], -1)  # enclosed flux at the knots r_F
+    r_next = torch.cat([r_j[1:], 2 * r_j[-1:] - r_j[-2:-1]])
+    r_F = torch.cat([r_j.new_zeros(1), 0.5 * (r_j + r_next)])
+    half = 0.5 * F[..., -1:]
+    j = (F < half).sum(-1, keepdim=True).clamp(1, r_F.numel() - 1)  # first knot with F >= half
+    F0, F1 = F.gather(-1, j - 1), F.gather(-1, j)
+    r0, r1 = r_F[j - 1], r_F[j]
+    r_half = r0 + (half - F0) / (F1 - F0) * (r1 - r0)  # linear interpolation of F(r) = half
+    return torch.where(half > 0, r_half, torch.full_like(r_half, math.nan)).squeeze(-1)
 
 
-def rank_statistics(truth: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-    """Rank of each truth value among its samples: number of samples below it, in
-    ``{0, ..., n}`` (uniform for a calibrated sampler). ``samples`` (n, ...), ``truth`` (...)."""
-    return (samples < truth[None]).sum(0)
+def rank_statistics(truth: torch.Tensor, samples: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rank of each truth value among its samples, in ``{0, ..., n}`` (uniform for a
+    calibrated sampler): the number of samples below it plus, for the ``m`` samples equal to
+    it, a uniform integer in ``{0, ..., m}`` drawn with ``generator`` (ties broken at random,
+    Talts et al. 2018; counting only samples strictly below puts every tie at the bottom).
+    ``samples`` (n, ...), ``truth`` (...), same units; returns int64 (...)."""
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator={generator!r}; accepted: a seeded torch.Generator")
+    below = (samples < truth[None]).sum(0)
+    ties = (samples == truth[None]).sum(0)
+    u = torch.rand(ties.shape, generator=generator, dtype=torch.float64)
+    return below + torch.minimum((u * (ties + 1)).floor().long(), ties)
 
 
 def _uniformity_p(ranks: np.ndarray, n: int) -> float:
@@ -199,9 +252,9 @@ def _pixel_class(case: CalibrationCase) -> torch.Tensor:
     return out
 
 
-def _per_case(case: CalibrationCase, x: torch.Tensor) -> dict:
+def _per_case(case: CalibrationCase, x: torch.Tensor, generator: torch.Generator) -> dict:
     """Per-truth statistics of samples ``x`` (n, C, H, W): chi^2 per sample, coverage flags
-    per pixel, ranks of scalar summaries and of galaxy pixels."""
+    per pixel, ranks of scalar summaries and of galaxy pixels (ties broken with ``generator``)."""
     p = case.problem
     with torch.no_grad():
         flux = p.to_flux(x.double().clamp(-20, 20))
@@ -213,16 +266,20 @@ def _per_case(case: CalibrationCase, x: torch.Tensor) -> dict:
         t = case.x_true.double().flatten()
         inside[level] = ((t >= q[0]) & (t <= q[1])).reshape(case.x_true.shape)
     cls = _pixel_class(case)
+    g = generator
     return {"chi2": chi2, "inside": inside, "cls": cls,
-            "rank_flux": int(rank_statistics(case.flux_true.sum(), flux.sum((1, 2, 3)))),
-            "rank_radius": int(rank_statistics(_half_light_radius(case.flux_true), _half_light_radius(flux))),
-            "rank_pixels": rank_statistics(case.x_true.double(), x.double())[cls == 2].numpy()}
+            "rank_flux": int(rank_statistics(case.flux_true.sum(), flux.sum((1, 2, 3)), g)),
+            "rank_radius": int(rank_statistics(_half_light_radius(case.flux_true), _half_light_radius(flux), g)),
+            "rank_pixels": rank_statistics(case.x_true.double(), x.double(), g)[cls == 2].numpy()}
 
 
-def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], null_reps: int = 200) -> dict:
-    """Calibration statistics (module docstring) of ``draws[k]`` (n, C, H, W) for ``cases[k]``."""
+def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], null_reps: int = 200,
+              seed: int = 0) -> dict:
+    """Calibration statistics (module docstring) of ``draws[k]`` (n, C, H, W) for ``cases[k]``;
+    rank ties of case k are broken with a generator seeded ``seed * 100_003 + k``."""
     n = int(draws[0].shape[0])
-    per = [_per_case(c, x) for c, x in zip(cases, draws)]
+    per = [_per_case(c, x, torch.Generator().manual_seed(seed * 100_003 + k))
+           for k, (c, x) in enumerate(zip(cases, draws))]
     chi2 = np.concatenate([r["chi2"] for r in per])
     target = finite_sample_coverage(n)
     out = {"n_truths": len(cases), "n_samples": n, "chi2_sample_median": float(np.median(chi2)),
@@ -240,9 +297,9 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
     samples = np.stack([to_numpy(x.flatten(1)) for x in draws], axis=1)  # (n, n_truths, d)
     truths = np.stack([to_numpy(c.x_true.flatten()) for c in cases])
     if len(cases) >= 2:
-        alpha, ecp, dev = tarp_coverage(samples, truths, norm=False, num_alpha_bins=TARP_BINS)
-        out.update(tarp_max_dev=dev, tarp_alpha=alpha.tolist(), tarp_ecp=ecp.tolist(),
-                   tarp_null_95=float(np.quantile(tarp_null(len(cases), n, reps=null_reps), 0.95)))
+        alpha, ecp, dev = tarp_prior(samples, truths, seed=seed)
+        out.update(tarp_max_dev=dev, tarp_alpha=alpha.tolist(), tarp_ecp=ecp.tolist(), tarp_references=TARP_REFERENCES,
+                   tarp_null_95=float(np.quantile(tarp_null(len(cases), n, reps=null_reps, seed=seed), 0.95)))
     for key in ("rank_flux", "rank_radius"):
         ranks = np.array([r[key] for r in per])
         out[key] = np.bincount(ranks, minlength=n + 1).tolist()
@@ -266,12 +323,12 @@ def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: d
     wall = time.perf_counter() - t0
     record = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str))},
               "mags": list(map(float, mags)), "redshifts": list(map(float, redshifts)), "wall_time_s": wall,
-              "truth_source": kind, "reference": reference.source, **summarise(cases, draws)}
+              "truth_source": kind, "reference": reference.source, **summarise(cases, draws, seed=seed)}
     record["by_mag"] = {}
     for mag in sorted(set(float(m) for m in mags)):
         idx = [k for k, c in enumerate(cases) if c.mag == mag]
         if idx:
-            record["by_mag"][f"{mag:g}"] = summarise([cases[k] for k in idx], [draws[k] for k in idx])
+            record["by_mag"][f"{mag:g}"] = summarise([cases[k] for k in idx], [draws[k] for k in idx], seed=seed)
     return record
 
 
@@ -311,11 +368,12 @@ def mock_calibration(results: Sequence, levels: Sequence[float] = (0.68, 0.95), 
     Returns
     -------
     dict with ``alpha``, ``ecp`` (TARP expected coverage vs credibility level,
-    :func:`calibration.tarp_coverage` on the prior-space samples and truths, euclidean
-    distance, random references, *not* min-max normalised: normalising each pixel over the
-    truths lets near-empty sky pixels dominate the distance), ``tarp_max_dev`` (max
-    |ecp - alpha|), ``tarp_null_95`` (its 95th percentile for a calibrated sampler with the
-    same numbers of mocks and samples, :func:`diffdecon.sbc.tarp_null`), ``coverage``
+    :func:`tarp_prior` on the prior-space samples and truths, euclidean distance, *not* min-max
+    normalised: normalising each pixel over the truths lets near-empty sky pixels dominate the
+    distance; reference of mock k: the truth of mock k - 1, :func:`prior_references`),
+    ``tarp_references`` (that scheme), ``tarp_max_dev`` (max |ecp - alpha|), ``tarp_null_95``
+    (its 95th percentile for a calibrated sampler with the same numbers of mocks and samples
+    and the same references, :func:`diffdecon.sbc.tarp_null`), ``coverage``
     {level: fraction of model pixels of all mocks inside the central credible interval},
     ``coverage_target`` {level: what a calibrated sampler with this many samples reaches,
     :func:`diffdecon.sbc.finite_sample_coverage`},
@@ -333,14 +391,14 @@ def mock_calibration(results: Sequence, levels: Sequence[float] = (0.68, 0.95), 
     T = torch.stack([stretch(r.problem.truth.double() / r.problem.scale, r.problem.profile.asinh_a)
                      for r in results])  # (sims, C, H, W)
     with np.errstate(over="ignore", invalid="ignore"):  # diverged samples: inf distances, flagged by the result
-        alpha, ecp, dev = calibration.tarp_coverage(S.flatten(2), T.flatten(1), seed=seed, norm=False,
-                                                    num_alpha_bins=TARP_BINS)
+        alpha, ecp, dev = tarp_prior(to_numpy(S.flatten(2)), to_numpy(T.flatten(1)), seed=seed)
     null95 = float(np.quantile(tarp_null(S.shape[1], S.shape[0], reps=100, seed=seed), 0.95))
     cov = calibration.interval_coverage(S, T, levels)  # = flux-space coverage: the stretch is monotone
     with np.errstate(over="ignore", invalid="ignore"):  # diverged samples: inf chi^2
         chi = np.array([r.problem.sample_chi2(r.flux_samples).mean() for r in results])
     with np.errstate(over="ignore", invalid="ignore"):
         chi_std = float(chi.std(ddof=1)) if chi.size > 1 else 0.0
-    return {"alpha": alpha, "ecp": ecp, "tarp_max_dev": dev, "tarp_null_95": null95, "coverage": cov,
+    return {"alpha": alpha, "ecp": ecp, "tarp_max_dev": dev, "tarp_null_95": null95,
+            "tarp_references": TARP_REFERENCES, "coverage": cov,
             "coverage_target": finite_sample_coverage(int(S.shape[0]), levels),
             "chi2_samples": float(chi.mean()), "chi2_samples_std": chi_std}
