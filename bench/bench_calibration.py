@@ -43,20 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from diffdecon import mock, paths, prior as prior_mod, sbc, validation
+    from diffdecon import config, mock, paths, prior as prior_mod, sbc, validation
     from diffdecon.cache import atomic_write_text
 
     prior = prior_mod.load_prior(args.profile)
     prior.eval().requires_grad_(False)
     st = validation.sampler_settings(args.profile)
+    P = config.get_profile(args.profile)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
-                "covariance": st.mmps_covariance}
+                "covariance": st.mmps_covariance, "spacing": P.time_spacing}
     reference = mock.hsc_reference()
     default = "calibration.json" if args.profile == "quick" else f"calibration_{args.profile}.json"
     out = Path(args.output) if args.output else paths.RESULTS / default
     record = {"profile": args.profile, "sampler": "mmps", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "torch_threads": args.threads, "checkpoint_sha256": prior.checkpoint_sha256,
-              "samplers": {"mmps": "MMPS, isotropic covariance, step from the posterior mean of x0 (default)",
+              "samplers": {"mmps": f"MMPS, {st.mmps_covariance} covariance, {P.time_spacing} time spacing, step "
+                                   "from the posterior mean of x0 (default)",
                            "mmps_x0draw": "the same, step from a draw of the Gaussian p(x0 | x_t, y)"}}
     for kind, n in (("prior_draws", args.truths), ("heldout", args.heldout)):
         for variant in args.variants if n else ():

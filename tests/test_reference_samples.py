@@ -40,7 +40,7 @@ def test_defaults_and_errors(smoke_gaussian_prior, tmp_path, monkeypatch, capsys
     x = reference_samples.prior_samples(smoke_gaussian_prior, n=2, steps=2, progress=False)  # no hash: not cached
     assert x.shape[0] == 2 and "not cached" in capsys.readouterr().out
     assert not (tmp_path / "cache").exists()
-    with pytest.raises(ValueError, match="method='euler'; accepted: 'ddim' or 'ddpm'"):
+    with pytest.raises(ValueError, match="method='euler'; accepted: 'ancestral', 'ddim', 'ddpm'"):
         reference_samples.prior_samples(smoke_gaussian_prior, n=2, steps=2, method="euler")
     with pytest.raises(ValueError, match="accepted: positive integers"):
         reference_samples.prior_samples(smoke_gaussian_prior, n=0, steps=2)

@@ -37,6 +37,20 @@ def test_timesteps():
         timesteps(10, 11)
 
 
+@pytest.mark.parametrize("T, steps", [(1000, 20), (1000, 200), (1000, 1000), (50, 49), (10, 2)])
+def test_timesteps_quadratic(T, steps):
+    ts = timesteps(T, steps, "quadratic")
+    assert ts[0] == T - 1 and ts[-1] == 0 and torch.unique(ts).numel() == steps
+    assert torch.all(ts[:-1] > ts[1:])
+    # denser at small noise than the linear grid (exactly equal when steps == T)
+    low = lambda t: int((t < T // 4).sum())  # noqa: E731
+    assert low(ts) >= low(timesteps(T, steps))
+    if 2 < steps < T // 2:
+        assert low(ts) > low(timesteps(T, steps))
+    with pytest.raises(ValueError, match="spacing"):
+        timesteps(T, steps, "cubic")
+
+
 @pytest.mark.parametrize(
     "sampler, kwargs",
     [(ddpm_sample, {"steps": 250}), (ddpm_sample, {"steps": 100, "variance": "small"}),

@@ -43,6 +43,12 @@ PREDICTIONS: tuple[str, ...] = ("epsilon", "v")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """Accepted values of :attr:`Profile.lr_schedule`."""
 
+TIME_SPACINGS: tuple[str, ...] = ("linear", "quadratic")
+"""Accepted values of :attr:`Profile.time_spacing` (as :data:`diffdecon.samplers.SPACINGS`)."""
+
+MMPS_COVARIANCES: tuple[str, ...] = ("empirical", "isotropic", "tweedie")
+"""Accepted values of :attr:`Profile.mmps_covariance` (as :data:`diffdecon.mmps.COVARIANCES`)."""
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -99,7 +105,13 @@ class Profile:
         Steps of the posterior samplers (DPS as published uses ``diffusion_steps``).
     cg_iters : int
         Conjugate-gradient iterations per MMPS step (each a product by ``A`` and by ``A^T``;
-        the network is not involved with the default isotropic covariance).
+        the network is not involved with the diagonal covariances).
+    time_spacing : str
+        Spacing of the sampling times, one of :data:`TIME_SPACINGS`
+        (:func:`diffdecon.samplers.timesteps`); ``"quadratic"`` puts the steps at low noise.
+    mmps_covariance : str
+        ``covariance`` of :func:`diffdecon.mmps.mmps`, one of :data:`MMPS_COVARIANCES`
+        (``"empirical"``: the denoiser's measured error per band and pixel value).
     n_posterior, n_prior : int
         Posterior samples per target (paper: 256) and unconditional prior samples for
         the variance ratio (paper: 1024).
@@ -128,6 +140,8 @@ class Profile:
     diffusion_steps: int = 1000
     prediction: str = "epsilon"
     cg_iters: int = 20
+    time_spacing: str = "quadratic"
+    mmps_covariance: str = "empirical"
     bands: tuple[str, ...] = BANDS
     asinh_a: float = 0.01
     lr: float = 1e-4
@@ -146,6 +160,10 @@ class Profile:
             raise InputValueError("lr_schedule", self.lr_schedule, ", ".join(LR_SCHEDULES))
         if not 0 <= self.shift_start_fraction <= 1:
             raise InputValueError("shift_start_fraction", self.shift_start_fraction, "a fraction of the run in [0, 1]")
+        if self.time_spacing not in TIME_SPACINGS:
+            raise InputValueError("time_spacing", self.time_spacing, ", ".join(TIME_SPACINGS))
+        if self.mmps_covariance not in MMPS_COVARIANCES:
+            raise InputValueError("mmps_covariance", self.mmps_covariance, ", ".join(MMPS_COVARIANCES))
 
     @property
     def field_of_view_kpc(self) -> float:
@@ -185,23 +203,20 @@ PROFILES: dict[str, Profile] = {
         name="quick", image_size=64, pixel_scale_kpc=0.6, prediction="v",
         # network: 3.8 M parameters
         block_out_channels=(32, 64, 96, 128), layers_per_block=1, attention_resolutions=(16, 8),
-        # Trained on a GPU (H100: 0.09 s per step at batch 64 to 256, so
-        # the step is overhead-bound and a large batch is free: 2,750 img/s at 256, see
-        # results/bench_training_gpu.json): 4,200 steps of 256 images = 90 epochs of the
-        # 12,000 galaxies in 310 s of training. On 2 idle CPU cores (17 img/s at best) the
-        # same run takes about 18 hours: `make train PROFILE=quick` resumes across sessions.
-        # 4200 = 8 * 525, so the paper's FID checkpoints (300k..525k of 525k steps) fall on
-        # whole steps (2400, 3000, 3600, 4200). A run this short needs a larger learning
-        # rate than the published 1e-4 (which took 525k steps): 3e-4, with the EMA warm-up
-        # of training.py, a 100-step warm-up and a cosine decay. The random shift is on from
-        # the start: switched on at 4/7 of a run this short (as the paper did at 300k of
-        # 525k), it moved the samples away from the unshifted training set just before the
-        # FID checkpoints (measured FID 2.4 at step 2400, 15.9 at 3000, 7.5 at 4200).
+        # Trained on a GPU, where a step is overhead-bound and a batch of 256 costs what 64 does
+        # (results/bench_training_gpu.json); on 2 CPU cores the run takes about 18 hours and
+        # `make train PROFILE=quick` resumes it across sessions. 4200 = 8 * 525, so the paper's
+        # FID checkpoints (300k..525k of 525k steps) fall on whole steps (2400 ... 4200). A run
+        # this short needs a larger learning rate than the published 1e-4: 3e-4, with the EMA
+        # warm-up of training.py, a 100-step warm-up and a cosine decay. The random shift is on
+        # from the start: switched on late in a run this short, it moves the samples away from
+        # the training set just before the FID checkpoints.
         dataset_size=12000, train_steps=4200, batch_size=256, checkpoint_every=500, max_shift_px=3,
         lr=3e-4, lr_schedule="cosine", lr_warmup_steps=100, shift_start_fraction=0.0,
-        # Posterior sampling dominates the notebooks' CPU time: MMPS with the isotropic
-        # covariance costs one network evaluation per step plus cg_iters products by A and A^T.
-        sampling_steps=20, cg_iters=10, n_posterior=16, n_prior=64, n_mock=8,
+        # Posterior sampling dominates the notebooks' CPU time: an MMPS step costs one network
+        # evaluation plus cg_iters products by A and A^T; bright galaxies (i ~ 18) need about
+        # 30 CG iterations for their samples to fit the data (bench/bench_calibration.py).
+        sampling_steps=20, cg_iters=30, n_posterior=16, n_prior=64, n_mock=8,
     ),
     "paper": Profile(
         name="paper", image_size=256, pixel_scale_kpc=0.4,  # prediction: the published epsilon (default)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from . import calibration
+from . import calibration, denoiser_variance
 
 __all__ = ["exactness"]
 
@@ -29,7 +29,7 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
 
     Returns
     -------
-    {"mmps": errors, "mmps_isotropic": errors, "dps_<convention>_<zeta>": errors, ...} with the keys of
+    {"mmps": errors, "mmps_isotropic": errors, "mmps_empirical": errors, "dps_<convention>_<zeta>": errors, ...} with the keys of
     :func:`calibration.posterior_moment_errors` (mean error in posterior std, variance
     ratio, W2, chi^2) plus ``steps``, ``label`` and, for DPS, ``convention`` and ``zeta``.
     """
@@ -53,10 +53,17 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
     out = {}
     # The Tweedie covariance is exact for a Gaussian prior; the isotropic one (the default on
     # networks) approximates it, and this row measures what that costs where the answer is known.
+    # The empirical (diagonal) covariance keeps each pixel's variance and drops the
+    # correlations of this smooth prior, which the blurred data constrain: its row measures that.
+    dv = denoiser_variance.measure(prior, prior.sample(128, torch.Generator().manual_seed(seed + 2)),
+                                   samplers.timesteps(len(prior.schedule.alphas_cumprod), 32, "quadratic"),
+                                   torch.Generator().manual_seed(seed + 3), progress=False)
     for key, cov, label in (("mmps", "tweedie", "MMPS, Tweedie covariance"),
-                            ("mmps_isotropic", "isotropic", "MMPS, isotropic covariance")):
+                            ("mmps_isotropic", "isotropic", "MMPS, isotropic covariance"),
+                            ("mmps_empirical", "empirical", "MMPS, empirical diagonal covariance")):
         xm = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 1), n,
-                           steps=mmps_steps, cg_iters=cg_iters, progress=progress, covariance=cov)
+                           steps=mmps_steps, cg_iters=cg_iters, progress=progress, covariance=cov,
+                           **({"variance": dv} if cov == "empirical" else {}))
         out[key] = dict(calibration.posterior_moment_errors(xm, mu_post, Sigma_post), steps=mmps_steps,
                         label=f"{label} ({mmps_steps} steps, {cg_iters} CG)")
     for conv, zeta in dps_settings:

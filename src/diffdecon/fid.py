@@ -265,7 +265,8 @@ def evaluate_prior(profile: Profile | str, model_dir: str | Path | None = None, 
     fids, samples, feats = {}, {}, {}
     for s in fid_steps(profile):
         prior = load_snapshot(profile, s, model_dir)
-        x = prior_samples(prior, n, steps=ddim_steps, seed=profile.seed + 7, x0_clip=X0_CLIP, progress=progress)
+        x = prior_samples(prior, n, steps=ddim_steps, seed=profile.seed + 7, x0_clip=X0_CLIP, method="ddim",
+                          progress=progress)
         samples[s], feats[s] = x, encoder.features(x)
         fids[s] = fid_from_features(train_features, feats[s])
         print(f"[diffdecon] FID ({FEATURE_LABEL}) at step {s}: {fids[s]:.3f} (floor {floor:.3f}, n = {n})")

@@ -5,7 +5,7 @@ Notation as in :mod:`diffdecon.samplers`: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - ab
 ``D(x_t) = E[x_0 | x_t]`` and its Jacobian ``J = dD/dx_t``.
 
 MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditions it on
-``y = A(x_0) + n``, ``n ~ N(0, Sigma_y)``, with ``A`` linearised at ``D``. Two choices of
+``y = A(x_0) + n``, ``n ~ N(0, Sigma_y)``, with ``A`` linearised at ``D``. Three choices of
 ``V_t`` (the ``covariance`` argument):
 
 * ``"tweedie"``: ``V_t = (sigma_t^2 / alpha_t) J``, the second-order Tweedie covariance of
@@ -14,14 +14,19 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
   ``|J^T w - J w| / |J w|`` of 0.25-0.99 and negative eigenvalues of its symmetric part),
   and conjugate gradients on the resulting system do not converge: the samples then miss
   the data by orders of magnitude at high signal-to-noise.
-* ``"isotropic"`` (default): ``V_t = c_t I`` with ``c_t = sigma_t^2 v0 / (alpha_t^2 v0 +
+* ``"empirical"``: a diagonal ``V_t`` measured from the denoiser's own squared errors on
+  training images, per band and per value of ``D`` (:mod:`diffdecon.denoiser_variance`): the
+  sky, which the prior knows to ~0.02, gets a variance thousands of times smaller than
+  ``c_t`` below at high noise, and the data cannot drag it around in the early steps.
+* ``"isotropic"`` (the default of :func:`mmps`): ``V_t = c_t I`` with ``c_t = sigma_t^2 v0 / (alpha_t^2 v0 +
   sigma_t^2)``, the Tweedie covariance of a ``N(mu, v0 I)`` prior (``v0 = 1`` by default: the
   images span about [-1, 2]); it tends to ``sigma_t^2 / alpha_t^2``, the limit of every prior,
   at small noise. The conditioned mean is then a regularised least-squares problem in ``x_0``,
 
       x0_post = D + delta,   (I / c_t + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D)),   (Woodbury form)
 
-  whose matrix is symmetric positive definite whatever the network, solved by
+  (with a diagonal ``V_t``, ``I / c_t`` becomes ``V_t^-1``) whose matrix is symmetric positive
+  definite whatever the network, solved by
   preconditioned conjugate gradients with only products by ``A`` and ``A^T`` (no pass
   through the network: one network evaluation per step). The Jacobi preconditioner
   ``(1 / c_t + diag(A^T Sigma_y^-1 A))^-1`` is supplied by the caller (``precond``): the
@@ -42,7 +47,7 @@ from .samplers import (Generator, _alphas_cumprod, _bdot, _clip, _ddim_step, _po
 
 __all__ = ["COVARIANCES", "mmps", "mmps_x0", "mmps_isotropic_x0"]
 
-COVARIANCES: tuple[str, ...] = ("isotropic", "tweedie")
+COVARIANCES: tuple[str, ...] = ("empirical", "isotropic", "tweedie")
 """Accepted values of the ``covariance`` argument of :func:`mmps`."""
 
 
@@ -89,10 +94,13 @@ def _linearised(forward, D: torch.Tensor):
 
 def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 10, x0_clip=None,
                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None):
-    """Posterior denoiser of MMPS with the isotropic covariance ``V_t = c_t I``.
+                      generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None,
+                      variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None):
+    """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
+    ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
+    :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]).
 
-    Solves ``(I / c_t + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D))`` (module
+    Solves ``(V_t^-1 + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D))`` (module
     docstring) with ``cg_iters`` preconditioned CG iterations and returns
     ``(x0_post, D)`` = ``(D + delta, D)``, both detached, in prior space.
 
@@ -101,9 +109,9 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     without it CG runs unpreconditioned. ``sigma_y`` broadcasts against ``y``.
 
     With a ``generator``, ``x0_post`` is a *draw* of the Gaussian posterior
-    ``N(D + delta, (I / c_t + A^T Sigma_y^-1 A)^-1)`` instead of its mean, by perturbing the
-    right-hand side (perturb-and-solve): ``b + A^T Sigma_y^-1/2 eta + xi / sqrt(c_t)``,
-    ``eta``, ``xi ~ N(0, I)``, has covariance ``A^T Sigma_y^-1 A + I / c_t``, so its solution
+    ``N(D + delta, (V_t^-1 + A^T Sigma_y^-1 A)^-1)`` instead of its mean, by perturbing the
+    right-hand side (perturb-and-solve): ``b + A^T Sigma_y^-1/2 eta + V_t^-1/2 xi``,
+    ``eta``, ``xi ~ N(0, I)``, has covariance ``A^T Sigma_y^-1 A + V_t^-1``, so its solution
     has exactly the posterior covariance. The sampler's ancestral step from a draw of
     ``p(x_0 | x_t, y)`` keeps the spread that the step from the mean loses on a coarse time grid.
 
@@ -119,6 +127,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     c = (1.0 - a) * v0 / (a * v0 + 1.0 - a)  # V_t = c_t I: Tweedie covariance of a N(mu, v0 I) prior
     with torch.no_grad():
         D = _clip(prior.x0_hat(x_t.detach(), _time_batch(t, x_t.shape[0], x_t.device)), x0_clip)
+        if variance is not None:
+            c = variance(D, t)  # diagonal V_t, shaped like D
     with torch.enable_grad():
         AD, jvp_A, vjp_A = _linearised(forward, D)
         s2 = sigma_y**2
@@ -176,6 +186,21 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=
     return x0_post.detach(), D.detach()
 
 
+def _check_arguments(n, eta, cg_iters, covariance, precond, variance) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: expected a positive int")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
+    if not isinstance(cg_iters, int) or cg_iters < 1:
+        raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance={covariance!r}: expected one of {', '.join(COVARIANCES)}")
+    if precond is not None and covariance == "tweedie":
+        raise ValueError("precond is used by the diagonal covariances only; pass precond=None with 'tweedie'")
+    if variance is not None and covariance != "empirical":
+        raise ValueError(f"variance is used by covariance='empirical' only, got covariance={covariance!r}")
+
+
 def mmps(
     prior: Any,
     y,
@@ -196,6 +221,8 @@ def mmps(
     x0_draw: bool = False,
     v0: float = 1.0,
     max_step: float | None = None,
+    variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    spacing: str = "linear",
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -207,30 +234,28 @@ def mmps(
     observation flux units, ``forward`` from prior space to observation flux), plus
     ``cg_iters`` CG iterations per step, ``eta`` in [0, 1], ``x0_clip`` (None, c or
     (lo, hi), prior space), ``covariance`` in :data:`COVARIANCES` (module docstring),
-    ``precond``, ``max_step`` and ``x0_draw`` (isotropic only, see :func:`mmps_isotropic_x0`: with
-    ``x0_draw`` the step starts from a draw of the Gaussian ``p(x_0 | x_t, y)``, otherwise
-    from its mean, which under-disperses the samples on a coarse time grid).
+    ``precond``, ``max_step`` and ``x0_draw`` (diagonal covariances only, see
+    :func:`mmps_isotropic_x0`: with ``x0_draw`` the step starts from a draw of the Gaussian
+    ``p(x_0 | x_t, y)``, otherwise from its mean, which under-disperses the samples on a
+    coarse time grid), ``variance`` (``"empirical"`` only: a callable ``(D, t) -> V_t``;
+    default :func:`diffdecon.denoiser_variance.of_prior` of ``prior``) and the ``spacing`` of
+    the respaced times (:func:`diffdecon.samplers.timesteps`).
 
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: expected a positive int")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
-    if not isinstance(cg_iters, int) or cg_iters < 1:
-        raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
-    if covariance not in COVARIANCES:
-        raise ValueError(f"covariance={covariance!r}: expected one of {', '.join(COVARIANCES)}")
-    if precond is not None and covariance != "isotropic":
-        raise ValueError("precond is used by covariance='isotropic' only; pass precond=None with 'tweedie'")
+    _check_arguments(n, eta, cg_iters, covariance, precond, variance)
+    if covariance == "empirical" and variance is None:
+        from .denoiser_variance import of_prior
+
+        variance = of_prior(prior, progress=progress)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
-                                                              on_divergence, max_abs, "mmps")
+                                                              on_divergence, max_abs, "mmps", spacing)
     for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps ({covariance})", disable=not progress, leave=False)):
-        if covariance == "isotropic":
+        if covariance != "tweedie":
             g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
-                                           max_step)
+                                           max_step, variance)
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
         z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None

@@ -18,8 +18,11 @@ from .errors import InputValueError
 
 __all__ = ["METHODS", "prior_samples"]
 
-METHODS: tuple[str, ...] = ("ddim", "ddpm")
-"""``ddim``: deterministic DDIM (eta = 0) from Gaussian x_T; ``ddpm``: ancestral sampling."""
+METHODS: tuple[str, ...] = ("ancestral", "ddim", "ddpm")
+"""``ancestral``: the posterior sampler's own chain without data (DDIM with eta = 1, i.e.
+ancestral steps with the small variance, on the profile's time spacing); ``ddim``:
+deterministic DDIM (eta = 0, linear spacing) from Gaussian x_T; ``ddpm``: ancestral sampling
+with the large variance beta_t (linear spacing)."""
 
 
 def _cache_path(profile: str, sha: str, method: str, steps: int, n: int, seed: int, x0_clip) -> Path:
@@ -28,7 +31,7 @@ def _cache_path(profile: str, sha: str, method: str, steps: int, n: int, seed: i
 
 
 def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: int | None = None,
-                  method: str = "ddim", x0_clip: tuple[float, float] | None = None, force: bool = False,
+                  method: str = "ancestral", x0_clip: tuple[float, float] | None = None, force: bool = False,
                   progress: bool = True) -> torch.Tensor:
     """``n`` unconditional samples of ``prior`` in prior space, ``(n, C, H, W)`` float32, cached.
 
@@ -42,8 +45,9 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
         Sampling steps (default ``profile.sampling_steps``).
     seed : int
         Seed of the generator the samples are drawn from (default ``profile.seed``).
-    method : {"ddim", "ddpm"}
-        DDIM with eta = 0 (default) or ancestral DDPM.
+    method : {"ancestral", "ddim", "ddpm"}
+        See :data:`METHODS`. The default, ``ancestral``, is the prior as the posterior
+        sampler sees it: a posterior sample with no data is one of these.
     x0_clip : (lo, hi) or None
         Clamp of Tweedie's x0 at each step [prior space]; None (default) leaves it free.
     force : bool
@@ -60,25 +64,33 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
     steps = P.sampling_steps if steps is None else int(steps)
     seed = P.seed if seed is None else int(seed)
     if method not in METHODS:
-        raise InputValueError("method", method, " or ".join(repr(m) for m in METHODS))
+        raise InputValueError("method", method, ", ".join(repr(m) for m in METHODS))
     if n < 1 or steps < 1:
         raise InputValueError("(n, steps)", (n, steps), "positive integers")
     clip = None if x0_clip is None else (float(x0_clip[0]), float(x0_clip[1]))
 
     def draw() -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        sample = samplers.ddim_sample if method == "ddim" else samplers.ddpm_sample
         with torch.no_grad():
-            return sample(prior, n, g, steps=steps, x0_clip=clip, progress=progress).detach().cpu().float()
+            if method == "ancestral":
+                x = samplers.ddim_sample(prior, n, g, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
+                                         spacing=P.time_spacing)
+            else:
+                sample = samplers.ddim_sample if method == "ddim" else samplers.ddpm_sample
+                x = sample(prior, n, g, steps=steps, x0_clip=clip, progress=progress)
+        return x.detach().cpu().float()
 
     sha = getattr(prior, "checkpoint_sha256", None)
     if not sha:
         print("[diffdecon] prior has no checkpoint hash: prior samples drawn, not cached")
         return draw()
     inputs = {"profile": P.name, "checkpoint_sha256": sha, "method": method, "n": n, "steps": steps, "seed": seed}
+    if method == "ancestral":
+        inputs["spacing"] = P.time_spacing
     if clip is not None:
         inputs["x0_clip"] = list(clip)
-    path = _cache_path(P.name, sha, method, steps, n, seed, clip)
+    path = _cache_path(P.name, sha, method + (P.time_spacing[:4] if method == "ancestral" else ""), steps, n, seed,
+                       clip)
 
     def build(tmp: Path) -> None:
         np.save(tmp, draw().numpy())

@@ -31,6 +31,7 @@ from .errors import DivergenceError
 
 __all__ = [
     "SamplerDivergenceError",
+    "SPACINGS",
     "timesteps",
     "ddpm_sample",
     "ddim_sample",
@@ -51,8 +52,12 @@ SamplerDivergenceError = DivergenceError
 # --------------------------------------------------------------------------- helpers
 
 
-def timesteps(T: int, steps: int) -> torch.Tensor:
-    """Evenly spaced, strictly decreasing sub-sequence of ``{0, ..., T-1}``.
+SPACINGS: tuple[str, ...] = ("linear", "quadratic")
+"""Accepted ``spacing`` values of :func:`timesteps`."""
+
+
+def timesteps(T: int, steps: int, spacing: str = "linear") -> torch.Tensor:
+    """Strictly decreasing sub-sequence of ``{0, ..., T-1}`` from ``T - 1`` to ``0``.
 
     Parameters
     ----------
@@ -61,22 +66,31 @@ def timesteps(T: int, steps: int) -> torch.Tensor:
     steps : int
         Number of sampling steps, ``1 <= steps <= T``.
 
+    spacing : {"linear", "quadratic"}
+        ``"linear"``: ``round(linspace(0, T-1, steps))`` (the spacing of improved DDPM,
+        ``space_timesteps`` with one section). ``"quadratic"``: ``round((T-1) u^2)``,
+        ``u = linspace(0, 1, steps)`` (DDIM's quadratic skip, Song et al. 2021, appendix
+        D.2), with the values a rounding merges pushed up by one: the steps concentrate at
+        small noise, where a posterior sampler resolves what the data constrain.
+
     Returns
     -------
     torch.Tensor
-        int64 ``(steps,)``, starting at ``T - 1`` and ending at ``0`` (for ``steps > 1``),
-        as ``round(linspace(0, T-1, steps))`` reversed (the spacing of improved DDPM,
-        ``space_timesteps`` with one section).
+        int64 ``(steps,)``, starting at ``T - 1`` and ending at ``0`` (for ``steps > 1``).
     """
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T={T!r}: expected a positive int")
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps={steps!r}: expected an int in [1, T={T}]")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing={spacing!r}: expected one of {', '.join(SPACINGS)}")
     if steps == 1:
         return torch.tensor([T - 1], dtype=torch.long)
-    ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
-    # linspace with steps <= T has spacing >= 1, so rounding keeps the values distinct.
-    assert torch.unique(ts).numel() == steps
+    u = torch.linspace(0, 1, steps, dtype=torch.float64)
+    ts = ((T - 1) * (u if spacing == "linear" else u**2)).round().long()
+    for i in range(1, steps):  # t_i <= max(round(.), i) by induction, so t stays within [0, T-1]
+        ts[i] = max(int(ts[i]), int(ts[i - 1]) + 1)
+    assert int(ts[-1]) == T - 1 and torch.unique(ts).numel() == steps
     return ts.flip(0)
 
 
@@ -286,22 +300,24 @@ def ddim_sample(
     shape: Sequence[int] | None = None,
     x0_clip=None,
     progress: bool = True,
+    spacing: str = "linear",
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12); ``eta=0`` deterministic given x_T,
     ``eta=1`` equals ancestral DDPM with the small variance. Same parameters and return
-    value as :func:`ddpm_sample` (``steps`` defaults to 50)."""
+    value as :func:`ddpm_sample` (``steps`` defaults to 50), plus the ``spacing`` of the
+    respaced times (:func:`timesteps`)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
-    return _unconditional(prior, n, generator, steps, shape, "ddim", eta, "small", x0_clip, progress)
+    return _unconditional(prior, n, generator, steps, shape, "ddim", eta, "small", x0_clip, progress, spacing)
 
 
-def _unconditional(prior, n, generator, steps, shape, kind, eta, variance, x0_clip, progress):
+def _unconditional(prior, n, generator, steps, shape, kind, eta, variance, x0_clip, progress, spacing="linear"):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     _check_generator(generator, n)
     abar = _alphas_cumprod(prior)
     T = abar.numel()
-    ts = timesteps(T, T if steps is None else steps)
+    ts = timesteps(T, T if steps is None else steps, spacing)
     a_t, a_prev = _step_coefficients(abar, ts)
     C, H, W = _sample_shape(prior, shape)
     dtype, device = _prior_dtype_device(prior)
@@ -343,13 +359,13 @@ def _prepare_observation(y, sigma_y, n: int, dtype, device):
 
 
 def _posterior_setup(prior, y, sigma_y, generator: Generator, n: int, steps: int, shape, on_divergence: str,
-                     max_abs: float, name: str):
+                     max_abs: float, name: str, spacing: str = "linear"):
     """Common start of a posterior sampler: respaced times ``ts`` and their ``(abar_t,
     abar_prev)``, the observation and noise as tensors, ``x_T ~ N(0, I)`` and the divergence
     bookkeeping. Returns ``(ts, a_t, a_prev, (C, H, W), y, sigma, x, div)``."""
     _check_generator(generator, n)
     abar = _alphas_cumprod(prior)
-    ts = timesteps(abar.numel(), steps)
+    ts = timesteps(abar.numel(), steps, spacing)
     a_t, a_prev = _step_coefficients(abar, ts)
     chw = _sample_shape(prior, shape)
     dtype, device = _prior_dtype_device(prior)

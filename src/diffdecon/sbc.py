@@ -49,7 +49,7 @@ from . import calibration, mock, problem as problem_mod, samplers
 from .arrays import to_numpy
 from .calibration import tarp_coverage
 from .config import Profile
-from .prior import X0_RANGE, stretch, unstretch
+from .prior import stretch, unstretch
 from .units import mag_to_flux
 
 __all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "TARP_REFERENCES", "CalibrationCase", "truth_images", "make_cases",
@@ -134,11 +134,11 @@ def make_cases(prior, x_true: torch.Tensor, mags: Sequence[float], redshifts: Se
 
 def posterior_draws(case: CalibrationCase, prior, n: int, settings: dict, seed: int) -> torch.Tensor:
     """``n`` MMPS posterior samples (prior space) of ``case`` with ``settings`` (keyword
-    arguments of :func:`samplers.mmps`: ``steps``, ``cg_iters``, ``covariance``, ...)."""
-    kw = {"x0_clip": X0_RANGE, **settings}
-    if kw.get("covariance", "isotropic") == "isotropic":
-        kw.setdefault("precond", case.problem.normal_diagonal)
-        kw.setdefault("max_step", case.problem.max_step)
+    arguments of :func:`samplers.mmps`: ``steps``, ``cg_iters``, ``covariance``, ...) over
+    the profile's defaults (:func:`diffdecon.deconvolution.mmps_defaults`)."""
+    from .deconvolution import mmps_defaults
+
+    kw = {**mmps_defaults(case.problem, settings.get("covariance")), **settings}
     gens = [torch.Generator().manual_seed(seed * 100_003 + j) for j in range(n)]
     p = case.problem
     return samplers.mmps(prior, p.y, p.forward, p.sigma, gens, n, progress=False, **kw).detach()

@@ -84,7 +84,7 @@ class SamplerSettings:
     note : str
         What differs from the published set-up, and why (quoted in table captions).
     mmps_covariance : str
-        ``covariance`` of :func:`diffdecon.mmps.mmps` (``"isotropic"`` or ``"tweedie"``).
+        ``covariance`` of :func:`diffdecon.mmps.mmps` (:data:`diffdecon.mmps.COVARIANCES`).
     """
 
     n: int
@@ -93,11 +93,11 @@ class SamplerSettings:
     dps_steps: int
     dps_zeta: float = 1.0
     note: str = ""
-    mmps_covariance: str = "isotropic"
+    mmps_covariance: str = "empirical"
 
 
 def sampler_settings(profile: Profile | str) -> SamplerSettings:
-    """The sampler budget of ``profile``: MMPS with the isotropic covariance and a Jacobi-
+    """The sampler budget of ``profile``: MMPS with the profile's covariance and a Jacobi-
     preconditioned CG solve (:mod:`diffdecon.mmps`), ``sampling_steps`` steps of
     ``cg_iters`` iterations each (one network evaluation per step; a CG iteration costs a
     product by ``A`` and one by ``A^T``), and DPS.
@@ -112,14 +112,16 @@ def sampler_settings(profile: Profile | str) -> SamplerSettings:
     P = get_profile(profile)
     if P.name == "paper":
         return SamplerSettings(P.n_posterior, min(100, P.sampling_steps), P.cg_iters, P.diffusion_steps,
-                               note="DPS as published (1000 steps); MMPS 100 steps")
+                               note="DPS as published (1000 steps); MMPS 100 steps",
+                               mmps_covariance=P.mmps_covariance)
     if P.name == "quick":
         return SamplerSettings(P.n_posterior, P.sampling_steps, P.cg_iters, P.sampling_steps,
                                note=f"CPU budget: {P.n_posterior} samples, MMPS {P.sampling_steps} steps x "
-                                    f"{P.cg_iters} CG (isotropic covariance), DPS {P.sampling_steps} steps "
-                                    "(published 1000)")
+                                    f"{P.cg_iters} CG ({P.mmps_covariance} covariance, {P.time_spacing} time "
+                                    f"spacing), DPS {P.sampling_steps} steps (published 1000)",
+                               mmps_covariance=P.mmps_covariance)
     return SamplerSettings(P.n_posterior, P.sampling_steps, P.cg_iters, P.sampling_steps,
-                           note="smoke profile: numbers mean nothing")
+                           note="smoke profile: numbers mean nothing", mmps_covariance=P.mmps_covariance)
 
 
 def mock_set(profile: Profile | str, reference, n: int | None = None,
@@ -299,7 +301,8 @@ def run_validation(mocks: Sequence, prior, settings: SamplerSettings | None = No
             generator = seed + 1000 * METHODS.index(m) + i
             if m == "mmps":
                 r = deconvolve(prob, prior, "mmps", n=settings.n, steps=settings.mmps_steps, generator=generator,
-                               prior_samples=prior_samples, progress=False, cg_iters=settings.cg_iters)
+                               prior_samples=prior_samples, progress=False, cg_iters=settings.cg_iters,
+                               covariance=settings.mmps_covariance)
             elif m == "dps":
                 r, zeta = _dps_down_the_ladder(prob, prior, settings, generator, prior_samples, dps_zeta,
                                                f"{prob.name} #{i}")

@@ -1,0 +1,164 @@
+"""The diagonal covariance of ``p(x_0 | x_t)`` measured from the denoiser's own errors.
+
+MMPS approximates ``p(x_0 | x_t)`` by ``N(D(x_t), V_t)`` (:mod:`diffdecon.mmps`). The
+Tweedie covariance ``V_t = (sigma_t^2 / alpha_t) J`` needs the network's Jacobian, which a
+trained network does not give symmetric; the isotropic ``V_t = c_t I`` gives every pixel the
+same variance, while the prior knows the sky to ~0.02 in prior space and a galaxy's core to
+~0.3. This module estimates the diagonal of ``V_t`` as the denoiser's mean squared error,
+conditioned on the band and on the value of ``D`` itself (an empirical, heteroscedastic
+version of the optimal reverse variance of Analytic-DPM, Bao et al. 2022):
+
+    V_t(d, c) = E[(x_0 - D(x_t))^2 | D(x_t)_c in bin(d), band c],        x_t = alpha_t x_0 + sigma_t eps,
+
+with ``x_0`` training images. By the law of total variance this is the average of
+``Var[x_0 | x_t]`` over the pixels whose denoised value falls in the bin, i.e. what MMPS needs
+where it has only ``D``. It is tabulated on a grid of diffusion times and of ``D`` values
+(prior-space bins of width :data:`BIN_WIDTH`) and interpolated linearly in ``log V`` between
+grid times. For a Gaussian prior ``N(mu, v I)`` the table is the exact
+``sigma_t^2 v / (alpha_t^2 v + sigma_t^2)`` (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import cache, paths
+from .errors import InputValueError
+
+__all__ = ["BIN_RANGE", "BIN_WIDTH", "MIN_COUNT", "DenoiserVariance", "measure", "of_prior"]
+
+BIN_RANGE: tuple[float, float] = (-1.6, 3.0)
+"""Range of ``D`` values tabulated [prior space]; values outside use the edge bins."""
+BIN_WIDTH: float = 0.1
+"""Width of a ``D`` bin [prior space]."""
+MIN_COUNT: int = 20
+"""Pixels a bin needs to be measured; emptier bins take the value of the nearest measured one."""
+N_TIMES: int = 32
+"""Diffusion times of the table (quadratic spacing: dense where the noise is small)."""
+N_IMAGES: int = 96
+"""Training images the table of a trained prior is measured on."""
+
+
+@dataclass(frozen=True)
+class DenoiserVariance:
+    """``V_t(D)`` tabulated: ``table[k, c, b]`` at time ``times[k]``, band ``c``, bin ``b``
+    of ``edges`` [prior-space units^2]."""
+
+    times: torch.Tensor  # int64 (K,), increasing
+    edges: torch.Tensor  # float64 (B + 1,)
+    table: torch.Tensor  # float64 (K, C, B)
+
+    def __call__(self, D: torch.Tensor, t: int) -> torch.Tensor:
+        """Variance of each pixel of ``D`` (N, C, H, W) at time ``t`` [prior-space units^2]."""
+        C = D.shape[1]
+        if C != self.table.shape[1]:
+            raise InputValueError("D's bands", C, f"{self.table.shape[1]} bands, as the table")
+        k = int(torch.searchsorted(self.times, torch.tensor(int(t)), right=True)) - 1
+        k = min(max(k, 0), len(self.times) - 2)
+        t0, t1 = float(self.times[k]), float(self.times[k + 1])
+        w = min(max((float(t) - t0) / (t1 - t0), 0.0), 1.0)
+        logv = (1 - w) * self.table[k].log() + w * self.table[k + 1].log()  # (C, B)
+        b = (torch.bucketize(D.detach().double(), self.edges[1:-1].contiguous())).clamp(0, logv.shape[1] - 1)
+        return logv.exp().to(D.dtype)[torch.arange(C).view(1, C, 1, 1), b]
+
+    def to_dict(self) -> dict:
+        return {"times": self.times.tolist(), "edges": self.edges.tolist(), "table": self.table.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenoiserVariance":
+        return cls(torch.tensor(d["times"], dtype=torch.long), torch.tensor(d["edges"], dtype=torch.float64),
+                   torch.tensor(d["table"], dtype=torch.float64))
+
+
+def _bin_means(err2: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Mean of ``err2`` per bin, the nearest measured bin's where fewer than MIN_COUNT pixels."""
+    s = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, err2)
+    cnt = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(err2))
+    good = torch.nonzero(cnt >= MIN_COUNT).flatten()
+    if good.numel() == 0:
+        raise InputValueError("images", f"{int(cnt.sum())} pixels", f"at least {MIN_COUNT} pixels in one bin")
+    nearest = good[(torch.arange(n_bins)[:, None] - good[None]).abs().argmin(1)]
+    return (s / cnt.clamp_min(1))[nearest]
+
+
+@torch.no_grad()
+def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress: bool = True) -> DenoiserVariance:
+    """Tabulate ``V_t`` (module docstring) from prior-space images ``x0`` (N, C, H, W) at the
+    diffusion ``times`` (ints in [0, T)), with one noise draw per image and time from
+    ``generator``. ``prior`` follows the contract of :mod:`diffdecon.samplers`."""
+    from .samplers import _alphas_cumprod, _time_batch
+
+    times = torch.as_tensor(sorted(set(int(t) for t in times)), dtype=torch.long)
+    abar = _alphas_cumprod(prior)
+    if len(times) < 2 or times[0] < 0 or times[-1] >= len(abar):
+        raise InputValueError("times", times.tolist(), f"at least two distinct ints in [0, {len(abar)})")
+    x0 = torch.as_tensor(x0)
+    if x0.ndim != 4 or x0.shape[0] < 1:
+        raise InputValueError("x0 shape", tuple(x0.shape), "(N, C, H, W) prior-space images")
+    edges = torch.arange(BIN_RANGE[0], BIN_RANGE[1] + BIN_WIDTH / 2, BIN_WIDTH, dtype=torch.float64)
+    n_bins, C = len(edges) - 1, x0.shape[1]
+    table = torch.empty(len(times), C, n_bins, dtype=torch.float64)
+    for k, t in enumerate(tqdm(times.tolist(), desc="denoiser variance", disable=not progress, leave=False)):
+        a = float(abar[t])
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        D = prior.x0_hat(a**0.5 * x0 + (1 - a) ** 0.5 * eps, _time_batch(t, x0.shape[0], x0.device)).double()
+        err2 = (x0.double() - D) ** 2
+        bins = torch.bucketize(D, edges[1:-1].contiguous()).clamp(0, n_bins - 1)
+        for c in range(C):
+            table[k, c] = _bin_means(err2[:, c].flatten(), bins[:, c].flatten(), n_bins)
+    return DenoiserVariance(times, edges, table.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def _cache_path(profile: str, sha: str) -> Path:
+    return paths.cache_dir() / "denoiser_variance" / f"{profile}-{sha[:16]}-n{N_IMAGES}-k{N_TIMES}.json"
+
+
+def of_prior(prior, progress: bool = True) -> DenoiserVariance:
+    """The table of a trained :class:`diffdecon.prior.DiffusionPrior`, measured on
+    :data:`N_IMAGES` training images of its profile at :data:`N_TIMES` quadratically spaced
+    times; cached on disk (keyed by the checkpoint's SHA-256) and on the prior object."""
+    import json
+
+    from . import galaxies
+    from .samplers import ddim_sample, timesteps
+
+    memo = getattr(prior, "_denoiser_variance", None)
+    if memo is not None:
+        return memo
+    P = prior.profile
+    T = len(prior.schedule.alphas_cumprod)
+    times = timesteps(T, min(N_TIMES, T), "quadratic")
+
+    def compute() -> DenoiserVariance:
+        g = torch.Generator().manual_seed(P.seed + 11)
+        if hasattr(prior, "normalise"):
+            ds = galaxies.build_dataset(P, split="train")
+            x0, _ = prior.normalise(torch.as_tensor(np.asarray(ds.images[:N_IMAGES]), dtype=torch.float64))
+        else:  # a stand-in prior without the training normalisation: its own ancestral draws
+            print("[diffdecon] prior without normalise(): denoiser variance measured on its own draws")
+            with torch.no_grad():
+                x0 = ddim_sample(prior, N_IMAGES, g, steps=min(20, T), eta=1.0, progress=False)
+        dtype = next(prior.parameters()).dtype if isinstance(prior, torch.nn.Module) else torch.float32
+        return measure(prior, x0.to(dtype), times, g, progress)
+
+    sha = getattr(prior, "checkpoint_sha256", None)
+    if not sha:
+        print("[diffdecon] prior has no checkpoint hash: denoiser variance measured, not cached")
+        dv = compute()
+    else:
+        inputs = {"profile": P.name, "checkpoint_sha256": sha, "n_images": N_IMAGES, "times": times.tolist(),
+                  "bin_range": list(BIN_RANGE), "bin_width": BIN_WIDTH, "min_count": MIN_COUNT, "seed": P.seed + 11}
+        path = cache.cached(_cache_path(P.name, sha), inputs,
+                            lambda tmp: Path(tmp).write_text(json.dumps(compute().to_dict())),
+                            what="denoiser variance")
+        dv = DenoiserVariance.from_dict(json.loads(Path(path).read_text()))
+    try:
+        prior._denoiser_variance = dv
+    except AttributeError:
+        pass
+    return dv

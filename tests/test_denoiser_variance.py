@@ -1,0 +1,89 @@
+"""The denoiser-variance table against the closed form of a Gaussian prior."""
+
+import pytest
+import torch
+
+from diffdecon import calibration, denoiser_variance as dvm
+from diffdecon.errors import InputValueError
+from diffdecon.samplers import _alphas_cumprod
+
+
+def _white_prior(v: float, side: int = 8, mu: float = -0.5):
+    d = side * side
+    return calibration.GaussianPrior(torch.full((d,), mu, dtype=torch.float64), v * torch.eye(d, dtype=torch.float64),
+                                     shape=(1, side, side))
+
+
+def test_table_matches_gaussian_tweedie_variance():
+    """For x0 ~ N(mu, v I), E[(x0 - D)^2 | x_t] = sigma^2 v / (alpha^2 v + sigma^2) whatever D."""
+    v = 0.09
+    prior = _white_prior(v)
+    x0 = prior.sample(256, torch.Generator().manual_seed(0))
+    times = [0, 50, 200, 500, 900]
+    dv = dvm.measure(prior, x0, times, torch.Generator().manual_seed(1), progress=False)
+    abar = _alphas_cumprod(prior)
+    for k, t in enumerate(times):
+        a = float(abar[t])
+        exact = (1 - a) * v / (a * v + 1 - a)
+        # every pixel has the same exact variance; 16384 pixels per time, of which >= 1000 fall
+        # in each of the three bins next to the mean: relative std sqrt(2 / n) <= 4.5 %, so 15 %
+        # is more than three standard deviations.
+        near_mean = torch.tensor([-0.65, -0.45, -0.35], dtype=torch.float64).view(1, 1, 1, 3)
+        assert torch.allclose(dv(near_mean, t), torch.full_like(near_mean, exact), rtol=0.15)
+        D = prior.x0_hat(torch.zeros(4, 1, 8, 8, dtype=torch.float64) + a**0.5 * -0.5, torch.full((4,), t))
+        assert dv(D, t).shape == D.shape
+        assert torch.all(torch.isclose(dv(D, t), dv.table[k, 0][torch.bucketize(D.double(), dv.edges[1:-1])],
+                                       rtol=1e-6))
+
+
+def test_interpolation_in_log_variance_between_times():
+    prior = _white_prior(0.25)
+    x0 = prior.sample(32, torch.Generator().manual_seed(0))
+    dv = dvm.measure(prior, x0, [100, 300], torch.Generator().manual_seed(1), progress=False)
+    D = torch.full((1, 1, 8, 8), -0.5, dtype=torch.float64)
+    mid = dv(D, 200)
+    assert torch.allclose(mid, (dv(D, 100) * dv(D, 300)).sqrt(), rtol=1e-6)  # geometric mean at the midpoint
+    assert torch.allclose(dv(D, 0), dv(D, 100)) and torch.allclose(dv(D, 999), dv(D, 300))  # held at the ends
+
+
+def test_bad_input_is_named():
+    prior = _white_prior(0.25)
+    x0 = prior.sample(4, torch.Generator().manual_seed(0))
+    with pytest.raises(InputValueError, match="times"):
+        dvm.measure(prior, x0, [5], torch.Generator(), progress=False)
+    with pytest.raises(InputValueError, match="x0 shape"):
+        dvm.measure(prior, x0[0], [5, 10], torch.Generator(), progress=False)
+    dv = dvm.measure(prior, x0, [5, 10], torch.Generator().manual_seed(0), progress=False)
+    with pytest.raises(InputValueError, match="bands"):
+        dv(torch.zeros(1, 3, 8, 8), 5)
+    assert dvm.DenoiserVariance.from_dict(dv.to_dict()).table.equal(dv.table)
+
+
+def test_mmps_empirical_is_exact_for_a_white_gaussian_prior():
+    """For x0 ~ N(mu, v I) the diagonal table is the exact Tweedie covariance, so MMPS drawing
+    x0 from the Gaussian p(x0 | x_t, y) samples the exact posterior whatever the step count."""
+    from diffdecon import samplers
+
+    side, sigma_y, v = 8, 0.05, 0.25
+    prior = _white_prior(v, side)
+    A = calibration.blur_downsample_matrix(side, 1.0, 2)
+    g = torch.Generator().manual_seed(0)
+    x_true = prior.sample(1, g)
+    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, 4, 4)
+    mu_post, Sigma_post = calibration.exact_posterior(prior.mu, v * torch.eye(side * side, dtype=torch.float64), A,
+                                                      sigma_y, y)
+    dv = dvm.measure(prior, prior.sample(128, g), samplers.timesteps(1000, 32, "quadratic"),
+                     torch.Generator().manual_seed(2), progress=False)
+
+    def forward(x):
+        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, 4, 4)
+
+    x = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(3), 256, steps=20, cg_iters=20,
+                      covariance="empirical", variance=dv, spacing="quadratic", x0_draw=True, progress=False)
+    err = calibration.posterior_moment_errors(x, mu_post, Sigma_post)
+    # 256 samples: the variance ratio of one pixel scatters by sqrt(2/255) ~ 9 %, its mean over
+    # 64 pixels by ~2 % (measured 1.00); the mean error in posterior std units by 1/16 (0.05).
+    assert 0.85 < err["var_ratio"] < 1.15
+    assert err["mean_err_rms"] < 0.15
+    with pytest.raises(ValueError, match="variance is used by covariance='empirical' only"):
+        samplers.mmps(prior, y, forward, sigma_y, torch.Generator(), 2, steps=3, variance=dv, progress=False)
