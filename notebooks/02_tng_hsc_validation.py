@@ -98,10 +98,13 @@ _ = plotting.save_figure(fig, "synthetic_galaxy_grid")
 # and noise, and inverted with four methods:
 #
 # * **MMPS** (moment-matching posterior sampling), the better sampler: each step conditions
-#   a Gaussian approximation of $p(x_0 \mid x_t)$ on the data, with an isotropic covariance
-#   $c_t I$ (a trained network's Jacobian, the Tweedie covariance of the paper, is neither
-#   symmetric nor positive, and the linear solve then fails), solved by preconditioned
-#   conjugate gradients, so far fewer steps are needed;
+#   a Gaussian approximation of $p(x_0 \mid x_t)$ on the data. Its covariance is diagonal and
+#   measured: the denoiser's own mean squared error on training images, per band and per
+#   denoised value (`diffdecon.denoiser_variance`), so the sky, which the prior knows to a
+#   few hundredths, is not moved by the data's noise. (A trained network's Jacobian, the
+#   Tweedie covariance of the paper, is neither symmetric nor positive, and the linear solve
+#   then fails.) The system is solved by preconditioned conjugate gradients, and the steps
+#   are spaced quadratically in time, dense at low noise, so far fewer steps are needed;
 # * **DPS** in the published convention (step size $\zeta_t = 1/\lVert r \rVert$ on the
 #   squared residual norm), with the norm computed per sample;
 # * **Richardson-Lucy** and **Wiener** deconvolution on the observation grid, rebinned

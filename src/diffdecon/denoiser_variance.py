@@ -138,7 +138,7 @@ def of_prior(prior, progress: bool = True) -> DenoiserVariance:
         g = torch.Generator().manual_seed(P.seed + 11)
         if hasattr(prior, "normalise"):
             ds = galaxies.build_dataset(P, split="train")
-            x0, _ = prior.normalise(torch.as_tensor(np.asarray(ds.images[:N_IMAGES]), dtype=torch.float64))
+            x0, _ = prior.normalise(torch.tensor(np.array(ds.images[:N_IMAGES]), dtype=torch.float64))
         else:  # a stand-in prior without the training normalisation: its own ancestral draws
             print("[diffdecon] prior without normalise(): denoiser variance measured on its own draws")
             with torch.no_grad():
