@@ -13,13 +13,14 @@ version of the optimal reverse variance of Analytic-DPM, Bao et al. 2022):
 with ``x_0`` training images. By the law of total variance this is the average of
 ``Var[x_0 | x_t]`` over the pixels whose denoised value falls in the bin, i.e. what MMPS needs
 where it has only ``D``. It is tabulated on a grid of diffusion times and of ``D`` values
-(prior-space bins of width :data:`BIN_WIDTH`) and interpolated linearly in ``log V`` between
+(prior-space bins, :func:`bin_edges`, finest next to the sky) and interpolated linearly in ``log V`` between
 grid times. For a Gaussian prior ``N(mu, v I)`` the table is the exact
 ``sigma_t^2 v / (alpha_t^2 v + sigma_t^2)`` (tested).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +31,16 @@ from tqdm.auto import tqdm
 from . import cache, paths
 from .errors import InputValueError
 
-__all__ = ["BIN_RANGE", "BIN_WIDTH", "MIN_COUNT", "DenoiserVariance", "measure", "of_prior"]
+__all__ = ["BIN_RANGE", "BIN_SOFTENING", "BIN_WIDTH", "MIN_COUNT", "bin_edges", "DenoiserVariance", "measure", "of_prior"]
 
 BIN_RANGE: tuple[float, float] = (-1.6, 3.0)
 """Range of ``D`` values tabulated [prior space]; values outside use the edge bins."""
-BIN_WIDTH: float = 0.1
-"""Width of a ``D`` bin [prior space]."""
+BIN_SOFTENING: float = 0.005
+"""``w`` of the bin coordinate ``u = asinh((D + 1) / w)`` [prior space]: bins are uniform in
+``u``, so they are ~0.001 wide next to the empty sky (``D = -1``), where most pixels are and
+where a galaxy's faint outskirts must be told from the sky, and widen logarithmically."""
+BIN_WIDTH: float = 0.25
+"""Width of a bin in ``u`` (see :data:`BIN_SOFTENING`)."""
 MIN_COUNT: int = 20
 """Pixels a bin needs to be measured; emptier bins take the value of the nearest measured one."""
 N_TIMES: int = 32
@@ -75,6 +80,13 @@ class DenoiserVariance:
                    torch.tensor(d["table"], dtype=torch.float64))
 
 
+def bin_edges() -> torch.Tensor:
+    """Edges of the ``D`` bins [prior space], float64, increasing (see :data:`BIN_SOFTENING`)."""
+    u0, u1 = (math.asinh((v + 1.0) / BIN_SOFTENING) for v in BIN_RANGE)
+    u = torch.linspace(u0, u1, int(math.ceil((u1 - u0) / BIN_WIDTH)) + 1, dtype=torch.float64)
+    return -1.0 + BIN_SOFTENING * torch.sinh(u)
+
+
 def _bin_means(err2: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Mean of ``err2`` per bin, the nearest measured bin's where fewer than MIN_COUNT pixels."""
     s = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, err2)
@@ -100,7 +112,7 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
     x0 = torch.as_tensor(x0)
     if x0.ndim != 4 or x0.shape[0] < 1:
         raise InputValueError("x0 shape", tuple(x0.shape), "(N, C, H, W) prior-space images")
-    edges = torch.arange(BIN_RANGE[0], BIN_RANGE[1] + BIN_WIDTH / 2, BIN_WIDTH, dtype=torch.float64)
+    edges = bin_edges()
     n_bins, C = len(edges) - 1, x0.shape[1]
     table = torch.empty(len(times), C, n_bins, dtype=torch.float64)
     for k, t in enumerate(tqdm(times.tolist(), desc="denoiser variance", disable=not progress, leave=False)):
@@ -115,7 +127,7 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
 
 
 def _cache_path(profile: str, sha: str) -> Path:
-    return paths.cache_dir() / "denoiser_variance" / f"{profile}-{sha[:16]}-n{N_IMAGES}-k{N_TIMES}.json"
+    return paths.cache_dir() / "denoiser_variance" / f"{profile}-{sha[:16]}-n{N_IMAGES}-k{N_TIMES}-asinh.json"
 
 
 def of_prior(prior, progress: bool = True) -> DenoiserVariance:
@@ -152,7 +164,8 @@ def of_prior(prior, progress: bool = True) -> DenoiserVariance:
         dv = compute()
     else:
         inputs = {"profile": P.name, "checkpoint_sha256": sha, "n_images": N_IMAGES, "times": times.tolist(),
-                  "bin_range": list(BIN_RANGE), "bin_width": BIN_WIDTH, "min_count": MIN_COUNT, "seed": P.seed + 11}
+                  "bin_range": list(BIN_RANGE), "bin_width": BIN_WIDTH,
+                  "bin_softening": BIN_SOFTENING, "min_count": MIN_COUNT, "seed": P.seed + 11}
         path = cache.cached(_cache_path(P.name, sha), inputs,
                             lambda tmp: Path(tmp).write_text(json.dumps(compute().to_dict())),
                             what="denoiser variance")
