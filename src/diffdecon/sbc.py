@@ -354,6 +354,8 @@ def manuscript_variables(record: dict) -> dict:
             if m:
                 out[f"Cal{word}Chi{m}"] = round(float(b["chi2_sample_median"]), 2)
                 out[f"Cal{word}Cov{m}"] = round(float(b["coverage_68"]), 3)
+                out[f"Cal{word}Tarp{m}"] = round(float(b.get("tarp_max_dev", float("nan"))), 3)
+                out[f"Cal{word}TarpNull{m}"] = round(float(b.get("tarp_null_95", float("nan"))), 3)
     return out
 
 
