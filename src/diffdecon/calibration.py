@@ -277,6 +277,7 @@ def posterior_moment_errors(samples, mu_post, Sigma_post) -> dict[str, float]:
 # ------------------------------------------------------------------ coverage
 
 
+# Long by its docstring (24 lines): the body is checks and one call
 def tarp_coverage(samples, truths, references="random", metric: str = "euclidean",
                   norm: bool = True, bootstrap: bool = False, num_bootstrap: int = 100, seed: int = 0,
                   num_alpha_bins: int | None = None):

@@ -30,6 +30,7 @@ def _cache_path(profile: str, sha: str, method: str, steps: int, n: int, seed: i
     return paths.cache_dir() / "prior_samples" / f"{profile}-{sha[:16]}-{method}{steps}-n{n}-s{seed}{clip}.npy"
 
 
+# Long by its docstring (24 lines): draw, key and cache
 def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: int | None = None,
                   method: str = "ancestral", x0_clip: tuple[float, float] | None = None, force: bool = False,
                   progress: bool = True) -> torch.Tensor:
