@@ -292,6 +292,17 @@ def _setup(args):
     problem, args.galaxy = make_problem(P, args.device)
     st = validation.sampler_settings(P)
     kwargs = {m: sampler_kwargs(st, m) for m in args.methods}
+    if kwargs.get("mmps", {}).get("covariance") == "empirical":
+        # The cost of a step does not depend on the table's values: a small table, measured
+        # once outside the timings on 4 sky-like images (the untrained network has no
+        # training set to measure on; denoiser_variance.of_prior would build it).
+        from diffdecon.denoiser_variance import measure
+        from diffdecon.samplers import timesteps
+
+        g = torch.Generator().manual_seed(P.seed)
+        x0 = (-1.0 + 0.1 * torch.randn(4, len(P.bands), P.image_size, P.image_size, generator=g)).to(args.device)
+        kwargs["mmps"]["variance"] = measure(prior, x0, timesteps(P.diffusion_steps, 8, "quadratic"), g,
+                                             progress=False)
     return P, prior, problem, st, kwargs
 
 
@@ -358,7 +369,9 @@ def main(argv=None) -> int:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "peak_tflops_bf16": args.peak_tflops, "budget_s": args.budget_s, "timed_steps": args.timed_steps,
-        "settings": {"n": st.n, "note": st.note, **{m: kwargs[m] for m in args.methods}},
+        "settings": {"n": st.n, "note": st.note,  # the variance table is an object, named only
+                     **{m: {k: (type(v).__name__ if k == "variance" else v) for k, v in kwargs[m].items()}
+                        for m in args.methods}},
         "flops_per_forward": flops_fwd, "flops_per_step_batch1": flops,
         "forward_equivalents_per_step": {m: flops[m] / flops_fwd for m in args.methods},
         "flop_counter": "formulas of torch.utils.flop_counter.flop_registry, float32 eager, batch 1, one step",

@@ -117,9 +117,9 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
     table = torch.empty(len(times), C, n_bins, dtype=torch.float64)
     for k, t in enumerate(tqdm(times.tolist(), desc="denoiser variance", disable=not progress, leave=False)):
         a = float(abar[t])
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        D = prior.x0_hat(a**0.5 * x0 + (1 - a) ** 0.5 * eps, _time_batch(t, x0.shape[0], x0.device)).double()
-        err2 = (x0.double() - D) ** 2
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        D = prior.x0_hat(a**0.5 * x0 + (1 - a) ** 0.5 * eps, _time_batch(t, x0.shape[0], x0.device)).double().cpu()
+        err2 = (x0.double().cpu() - D) ** 2  # tabulated on the CPU, whatever the network's device
         bins = torch.bucketize(D, edges[1:-1].contiguous()).clamp(0, n_bins - 1)
         for c in range(C):
             table[k, c] = _bin_means(err2[:, c].flatten(), bins[:, c].flatten(), n_bins)
