@@ -44,10 +44,10 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """Accepted values of :attr:`Profile.lr_schedule`."""
 
 TIME_SPACINGS: tuple[str, ...] = ("linear", "quadratic")
-"""Accepted values of :attr:`Profile.time_spacing` (as :data:`diffdecon.samplers.SPACINGS`)."""
+"""Accepted values of :attr:`Profile.time_spacing` and of ``spacing`` in :func:`diffdecon.samplers.timesteps`."""
 
 MMPS_COVARIANCES: tuple[str, ...] = ("empirical", "isotropic", "tweedie")
-"""Accepted values of :attr:`Profile.mmps_covariance` (as :data:`diffdecon.mmps.COVARIANCES`)."""
+"""Accepted values of :attr:`Profile.mmps_covariance` and of ``covariance`` in :func:`diffdecon.mmps.mmps`."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from .prior import X0_RANGE
 from .problem import InverseProblem
 
 __all__ = [
-    "CHI2_CONVERGED", "SAMPLERS", "DIVERGED_ABS", "PosteriorResult", "deconvolve", "mmps_defaults"]
+    "CHI2_CONVERGED", "SAMPLERS", "DIVERGED_ABS", "PosteriorResult", "deconvolve"]
 
 SAMPLERS: tuple[str, ...] = ("mmps", "dps")
 
@@ -165,20 +165,6 @@ def _check_arguments(problem: InverseProblem, prior, sampler: str, n, steps) -> 
         raise InputValueError("steps", steps, "a positive number of steps")
 
 
-def mmps_defaults(problem: InverseProblem, covariance: str | None = None) -> dict[str, Any]:
-    """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile of ``problem``
-    sets: its CG iterations, time spacing and covariance (or ``covariance``), and for the
-    diagonal covariances the Jacobi preconditioner of the CG solve and the trust region of
-    the linearised step."""
-    P = problem.profile
-    covariance = P.mmps_covariance if covariance is None else covariance
-    kw: dict[str, Any] = {"cg_iters": P.cg_iters, "spacing": P.time_spacing, "covariance": covariance,
-                          "x0_clip": X0_RANGE}
-    if covariance != "tweedie":
-        kw.update(precond=problem.normal_diagonal, max_step=problem.max_step)
-    return kw
-
-
 def _sample(problem: InverseProblem, prior, sampler: str, n: int, steps: int, generator: torch.Generator,
             batch_size: int, progress: bool, sampler_kwargs: dict[str, Any]) -> torch.Tensor:
     """``n`` posterior samples (prior space), drawn in batches of ``batch_size``; one
@@ -187,7 +173,7 @@ def _sample(problem: InverseProblem, prior, sampler: str, n: int, steps: int, ge
     fn = samplers.mmps if sampler == "mmps" else samplers.dps
     sampler_kwargs.setdefault("x0_clip", X0_RANGE)  # sanity range of Tweedie's x0, see prior.X0_RANGE
     if sampler == "mmps":
-        sampler_kwargs = {**mmps_defaults(problem, sampler_kwargs.get("covariance")), **sampler_kwargs}
+        sampler_kwargs = {**problem.mmps_defaults(sampler_kwargs.get("covariance")), **sampler_kwargs}
     chunks = []
     starts = range(0, n, batch_size)
     for i in tqdm(starts, desc=f"{sampler} {problem.name}", unit="batch", disable=not progress or len(starts) == 1):

@@ -42,13 +42,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .config import MMPS_COVARIANCES
 from .samplers import (Generator, _alphas_cumprod, _bdot, _clip, _ddim_step, _posterior_setup, _randn,
                        _time_batch)
 
 __all__ = ["COVARIANCES", "mmps", "mmps_x0", "mmps_isotropic_x0"]
 
-COVARIANCES: tuple[str, ...] = ("empirical", "isotropic", "tweedie")
-"""Accepted values of the ``covariance`` argument of :func:`mmps`."""
+COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES
+"""Accepted values of the ``covariance`` argument of :func:`mmps` (:data:`diffdecon.config.MMPS_COVARIANCES`)."""
 
 
 def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None) -> torch.Tensor:

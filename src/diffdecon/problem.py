@@ -37,7 +37,7 @@ from . import data, paths, physics
 from .background import background_level, estimate_noise_sigma
 from .config import BANDS, HSC_PIXEL_SCALE, Profile, get_profile
 from .cosmology import WINDOW_MARGIN, window_side
-from .prior import stretch_efold, unstretch, unstretch_derivative
+from .prior import X0_RANGE, stretch_efold, unstretch, unstretch_derivative
 
 __all__ = ["InverseProblem", "prepare_observation", "prepare_target", "from_mock", "present_targets"]
 
@@ -112,6 +112,19 @@ class InverseProblem:
     def to_flux(self, x: torch.Tensor) -> torch.Tensor:
         """Prior space ``x`` -> model flux ``s * unstretch(x)`` [flux per model px]."""
         return self.scale * unstretch(x, self.profile.asinh_a)
+
+    def mmps_defaults(self, covariance: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
+        iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
+        for the diagonal covariances the Jacobi preconditioner of the CG solve
+        (:meth:`normal_diagonal`) and the trust region of the linearised step (:attr:`max_step`)."""
+        P = self.profile
+        covariance = P.mmps_covariance if covariance is None else covariance
+        kw: dict[str, Any] = {"cg_iters": P.cg_iters, "spacing": P.time_spacing, "covariance": covariance,
+                              "x0_clip": X0_RANGE}
+        if covariance != "tweedie":
+            kw.update(precond=self.normal_diagonal, max_step=self.max_step)
+        return kw
 
     @property
     def max_step(self) -> float:

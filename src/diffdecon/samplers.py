@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .config import TIME_SPACINGS
 from .errors import DivergenceError
 
 __all__ = [
@@ -52,8 +53,8 @@ SamplerDivergenceError = DivergenceError
 # --------------------------------------------------------------------------- helpers
 
 
-SPACINGS: tuple[str, ...] = ("linear", "quadratic")
-"""Accepted ``spacing`` values of :func:`timesteps`."""
+SPACINGS: tuple[str, ...] = TIME_SPACINGS
+"""Accepted ``spacing`` values of :func:`timesteps` (:data:`diffdecon.config.TIME_SPACINGS`)."""
 
 
 def timesteps(T: int, steps: int, spacing: str = "linear") -> torch.Tensor:
