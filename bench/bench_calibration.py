@@ -2,7 +2,8 @@
 """Calibration where the answer is known (simulation-based calibration) -> results/calibration.json.
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
-                                      [--steps S] [--cg-iters K] [--mags 18 20 22] [--threads 2]
+                                      [--steps S] [--cg-iters K] [--covariance C] [--mags 18 20 22]
+                                      [--threads 2]
 
 Truths drawn from the prior itself and held-out synthetic galaxies are observed through the
 HSC-like forward model at the paper's low redshifts and at the magnitudes given, and inverted
@@ -21,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffdecon.config import MMPS_COVARIANCES  # light: no torch
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=["mean", "draw"], choices=["mean", "draw"],
                     help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) (the default sampler) and/or "
                          "from a draw of it (x0_draw=True)")
+    ap.add_argument("--covariance", default=None, choices=list(MMPS_COVARIANCES),
+                    help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/calibration.json (smoke: results/calibration_smoke.json)")
     args = ap.parse_args(argv)
@@ -51,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     st = validation.sampler_settings(args.profile)
     P = config.get_profile(args.profile)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
-                "covariance": st.mmps_covariance, "spacing": P.time_spacing}
+                "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing}
     reference = mock.hsc_reference()
     default = "calibration.json" if args.profile == "quick" else f"calibration_{args.profile}.json"
     out = Path(args.output) if args.output else paths.RESULTS / default
     record = {"profile": args.profile, "sampler": "mmps", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "torch_threads": args.threads, "checkpoint_sha256": prior.checkpoint_sha256,
-              "samplers": {"mmps": f"MMPS, {st.mmps_covariance} covariance, {P.time_spacing} time spacing, step "
+              "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance, {P.time_spacing} time spacing, step "
                                    "from the posterior mean of x0 (default)",
                            "mmps_x0draw": "the same, step from a draw of the Gaussian p(x0 | x_t, y)"}}
     for kind, n in (("prior_draws", args.truths), ("heldout", args.heldout)):

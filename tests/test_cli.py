@@ -104,6 +104,7 @@ def test_deconvolve_end_to_end(obs_files, test_prior, capsys):
         h0 = hdul[0].header
         assert h0["CKPTSHA"] == test_prior.checkpoint_sha256
         assert (h0["SAMPLER"], h0["STEPS"], h0["SEED"], h0["NSAMPLE"]) == ("mmps", 3, 7, 2)
+        assert h0["MMPSCOV"] == get_profile("smoke").mmps_covariance
         assert h0["PROFILE"] == "smoke" and h0["REDSHIFT"] == pytest.approx(Z)
         assert h0["PIXSCALE"] == pytest.approx(0.168, rel=1e-6)
         assert h0["DDVERS"] == __import__("diffdecon").__version__
@@ -134,9 +135,10 @@ def test_deconvolve_end_to_end(obs_files, test_prior, capsys):
     mtime = out.stat().st_mtime_ns
     assert cli.main(_args(obs_files, out), prior=test_prior) == 2
     assert "exists" in capsys.readouterr().err and out.stat().st_mtime_ns == mtime
-    assert cli.main(_args(obs_files, out, "--overwrite"), prior=test_prior) == 0
+    assert cli.main(_args(obs_files, out, "--overwrite", "--covariance", "isotropic"), prior=test_prior) == 0
     with fits.open(out) as hdul:
         assert "SAMPLES" not in [h.name for h in hdul]
+        assert hdul[0].header["MMPSCOV"] == "isotropic"
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -164,6 +166,15 @@ def test_bad_band_counts_shapes_and_psf_band(obs_files, test_prior, capsys, tmp_
     # images given in the wrong order
     imgs = list(reversed(obs_files["images"]))
     _fails(_args(obs_files, out, images=imgs), "given in position of band 'g'", capsys, test_prior, out)
+
+
+def test_covariance_is_for_mmps_only(obs_files, test_prior, capsys, tmp_path):
+    out = tmp_path / "o.fits"
+    _fails(_args(obs_files, out, "--sampler", "dps", "--covariance", "isotropic"), "--covariance applies to --sampler mmps",
+           capsys, test_prior, out)
+    with pytest.raises(SystemExit):  # argparse names the accepted values
+        cli.main(_args(obs_files, out, "--covariance", "full"), prior=test_prior)
+    assert "invalid choice: 'full'" in capsys.readouterr().err
 
 
 def test_bad_redshift(obs_files, test_prior, capsys, tmp_path):

@@ -87,3 +87,76 @@ def test_mmps_empirical_is_exact_for_a_white_gaussian_prior():
     assert err["mean_err_rms"] < 0.15
     with pytest.raises(ValueError, match="variance is used by covariance='empirical' only"):
         samplers.mmps(prior, y, forward, sigma_y, torch.Generator(), 2, steps=3, variance=dv, progress=False)
+
+
+def _offset_prior(v: float, lam: float, side: int = 8, mu: float = -0.5):
+    d = side * side
+    cov = v * torch.eye(d, dtype=torch.float64) + lam * torch.ones(d, d, dtype=torch.float64)
+    return calibration.GaussianPrior(torch.full((d,), mu, dtype=torch.float64), cov, shape=(1, side, side)), cov
+
+
+def test_offset_variance_matches_gaussian_tweedie_covariance():
+    """For x0 ~ N(mu, v I + l 1 1^T) the Tweedie covariance is c I + l' 1 1^T, with
+    c = s^2 v / (a^2 v + s^2) and c + P l' = s^2 (v + P l) / (a^2 (v + P l) + s^2) along 1."""
+    v, lam, side = 0.04, 0.01, 8
+    P = side * side
+    prior, _ = _offset_prior(v, lam, side)
+    times = [50, 300, 800]
+    dv = dvm.measure(prior, prior.sample(2048, torch.Generator().manual_seed(0)), times,
+                     torch.Generator().manual_seed(1), progress=False)
+    abar = _alphas_cumprod(prior)
+    for k, t in enumerate(times):
+        a = float(abar[t])
+        c = (1 - a) * v / (a * v + 1 - a)
+        along = (1 - a) * (v + P * lam) / (a * (v + P * lam) + 1 - a)
+        exact = (along - c) / P
+        # the estimate is a difference of two means over N images of sums with variance P along:
+        # its std is about sqrt(2 / N) along / (P - 1) (35 % of l' at t = 50, 3 % at t = 800);
+        # four of them is the tolerance.
+        tol = 4 * (2 / 2048) ** 0.5 * along / (P - 1)
+        assert abs(float(dv.offset_at(t)[0]) - exact) < tol, (t, float(dv.offset_at(t)[0]), exact, tol)
+    white = _white_prior(v, side)
+    off_free = dvm.measure(white, white.sample(512, torch.Generator().manual_seed(0)), times,
+                           torch.Generator().manual_seed(1), progress=False)
+    for t in times:  # independent pixels: l' = 0 within four standard deviations of the estimate
+        a = float(abar[t])
+        c = (1 - a) * v / (a * v + 1 - a)
+        assert float(off_free.offset_at(t)[0]) < 4 * (2 / 512) ** 0.5 * c / (P - 1)
+    assert dvm.DenoiserVariance.from_dict(dv.to_dict()).offset.equal(dv.offset)
+
+
+def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_an_offset():
+    """The offset term of V_t (a uniform level the data constrain only summed over pixels) is
+    what makes MMPS exact for N(mu, v I + l 1 1^T); the diagonal alone gets the level wrong."""
+    from diffdecon import samplers
+
+    side, sigma_y, v, lam = 8, 0.05, 0.01, 0.02
+    prior, cov = _offset_prior(v, lam, side)
+    A = calibration.blur_downsample_matrix(side, 1.0, 2)
+    g = torch.Generator().manual_seed(0)
+    x_true = prior.sample(1, g)
+    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, 4, 4)
+    mu_post, Sigma_post = calibration.exact_posterior(prior.mu, cov, A, sigma_y, y)
+    dv = dvm.measure(prior, prior.sample(512, g), samplers.timesteps(1000, 32, "quadratic"),
+                     torch.Generator().manual_seed(2), progress=False)
+
+    def forward(x):
+        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, 4, 4)
+
+    def run(variance):
+        x = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(3), 256, steps=20, cg_iters=20,
+                          covariance="empirical", variance=variance, spacing="quadratic", x0_draw=True,
+                          progress=False)
+        return calibration.posterior_moment_errors(x, mu_post, Sigma_post), x.mean((1, 2, 3))
+
+    err, level = run(dv)
+    diag_only = dvm.DenoiserVariance(dv.times, dv.edges, dv.table)
+    err_diag, level_diag = run(diag_only)
+    # the posterior of the mean level: exact sd from Sigma_post; 256 samples
+    sd_level = float(Sigma_post.sum().sqrt()) / side**2
+    mu_level = float(mu_post.mean())
+    assert 0.8 < err["var_ratio"] < 1.25 and err["mean_err_rms"] < 0.2, err
+    assert abs(float(level.mean()) - mu_level) < 0.3 * sd_level
+    assert 0.75 < float(level.std()) / sd_level < 1.3
+    # without the offset term the level's spread is wrong (measured: 1.65 times the exact sd)
+    assert not 0.75 < float(level_diag.std()) / sd_level < 1.3

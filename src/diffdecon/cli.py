@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .config import BANDS, PROFILES
+from .config import BANDS, MMPS_COVARIANCES, PROFILES
 from .errors import DiffdeconError, DivergenceError
 
 EXIT_INPUT_ERROR = 2
@@ -95,6 +95,9 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
                         "n_prior; cached per checkpoint)")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help="posterior samples drawn together (default: all); results do not depend on it")
+    g.add_argument("--covariance", default=None, choices=list(MMPS_COVARIANCES),
+                   help="covariance of p(x0 | x_t) in MMPS (default: the profile's mmps_covariance; see "
+                        "diffdecon.mmps)")
     g.add_argument("--zeta", type=float, default=None, help="DPS guidance scale (default: the sampler's)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     o = p.add_argument_group("output")
@@ -227,6 +230,10 @@ def _sampler_kwargs(args) -> dict[str, Any]:
         if not args.zeta > 0:
             raise CLIError(f"--zeta {args.zeta}: accepted: > 0")
         kw["zeta"] = args.zeta
+    if args.covariance is not None:
+        if args.sampler != "mmps":
+            raise CLIError("--covariance applies to --sampler mmps only")
+        kw["covariance"] = args.covariance
     return kw
 
 

@@ -60,6 +60,9 @@ class PosteriorResult:
     variance_ratio_aperture : float
         Its mean within ``profile.aperture_radius_px`` [model px] of the centre.
     sampler, steps, n, seed : what was run (``seed`` None when a generator was passed).
+    covariance : str or None
+        MMPS's covariance of ``p(x_0 | x_t)`` (:data:`diffdecon.config.MMPS_COVARIANCES`);
+        None for DPS.
     wall_time_s : float
         Time spent sampling the posterior [s].
     problem : InverseProblem
@@ -79,6 +82,7 @@ class PosteriorResult:
     wall_time_s: float
     problem: InverseProblem
     chi2_samples: np.ndarray | None = None
+    covariance: str | None = None
 
     @property
     def converged(self) -> bool:
@@ -150,7 +154,8 @@ def deconvolve(problem: InverseProblem, prior, sampler: str = "mmps", n: int | N
     return PosteriorResult(samples=samples, flux_samples=flux, mean=mean, std=std, chi2=chi2,
                            variance_ratio=torch.as_tensor(vr), variance_ratio_aperture=vr_ap,
                            sampler=sampler, steps=steps, n=n, seed=seed, wall_time_s=wall, problem=problem,
-                           chi2_samples=chi2_samples)
+                           chi2_samples=chi2_samples,
+                           covariance=sampler_kwargs.get("covariance", P.mmps_covariance) if sampler == "mmps" else None)
 
 
 def _check_arguments(problem: InverseProblem, prior, sampler: str, n, steps) -> None:

@@ -16,6 +16,22 @@ where it has only ``D``. It is tabulated on a grid of diffusion times and of ``D
 (prior-space bins, :func:`bin_edges`, finest next to the sky) and interpolated linearly in ``log V`` between
 grid times. For a Gaussian prior ``N(mu, v I)`` the table is the exact
 ``sigma_t^2 v / (alpha_t^2 v + sigma_t^2)`` (tested).
+
+The errors are not independent between pixels: on the quick prior, far from any galaxy
+(lags of 4-16 px) the sky errors keep a correlation of 0.04-0.18 with each other, and the
+variance of their sum is 80-300 times what independent pixels would give (measured on training
+images and on the prior's own draws). That is a uniform offset of the sky level per band,
+which the prior does not know to the precision of one pixel, and a diagonal ``V_t`` forbids
+the data to move: at high signal-to-noise the samples then lack the faint flux spread over the
+whole image (the total flux of a prior draw at i = 18 lay above all four samples in 23 of 34
+truths). The table therefore also holds a per-band offset variance ``lambda_t`` and MMPS uses
+
+    V_t = diag(V_t(D)) + lambda_t 1 1^T        (per band),
+    lambda_t = (E[(sum_i e_i)^2] - E[sum_i e_i^2]) / (P (P - 1)),    e = x_0 - D(x_t),  P pixels,
+
+the mean covariance of two different pixels' errors; the rank-one term is inverted exactly
+(Sherman-Morrison, :func:`diffdecon.mmps.mmps_isotropic_x0`). For ``N(mu, v I + l 1 1^T)``
+this is again the exact Tweedie covariance (tested).
 """
 
 from __future__ import annotations
@@ -52,32 +68,50 @@ N_IMAGES: int = 96
 @dataclass(frozen=True)
 class DenoiserVariance:
     """``V_t(D)`` tabulated: ``table[k, c, b]`` at time ``times[k]``, band ``c``, bin ``b``
-    of ``edges`` [prior-space units^2]."""
+    of ``edges`` [prior-space units^2], and the offset variance ``offset[k, c]``
+    (``lambda_t``, module docstring) [prior-space units^2]; ``offset`` None: no offset term."""
 
     times: torch.Tensor  # int64 (K,), increasing
     edges: torch.Tensor  # float64 (B + 1,)
     table: torch.Tensor  # float64 (K, C, B)
+    offset: torch.Tensor | None = None  # float64 (K, C)
+
+    def _time_weight(self, t: int) -> tuple[int, float]:
+        """Grid index ``k`` and weight ``w`` of time ``t`` between ``times[k]`` and ``times[k + 1]``
+        (held at the ends)."""
+        k = int(torch.searchsorted(self.times, torch.tensor(int(t)), right=True)) - 1
+        k = min(max(k, 0), len(self.times) - 2)
+        t0, t1 = float(self.times[k]), float(self.times[k + 1])
+        return k, min(max((float(t) - t0) / (t1 - t0), 0.0), 1.0)
+
+    def offset_at(self, t: int) -> torch.Tensor | None:
+        """``lambda_t`` per band (C,) at time ``t``, linear between grid times [prior-space
+        units^2]; None when the table has no offset term."""
+        if self.offset is None:
+            return None
+        k, w = self._time_weight(t)
+        return (1 - w) * self.offset[k] + w * self.offset[k + 1]
 
     def __call__(self, D: torch.Tensor, t: int) -> torch.Tensor:
         """Variance of each pixel of ``D`` (N, C, H, W) at time ``t`` [prior-space units^2]."""
         C = D.shape[1]
         if C != self.table.shape[1]:
             raise InputValueError("D's bands", C, f"{self.table.shape[1]} bands, as the table")
-        k = int(torch.searchsorted(self.times, torch.tensor(int(t)), right=True)) - 1
-        k = min(max(k, 0), len(self.times) - 2)
-        t0, t1 = float(self.times[k]), float(self.times[k + 1])
-        w = min(max((float(t) - t0) / (t1 - t0), 0.0), 1.0)
+        k, w = self._time_weight(t)
         logv = (1 - w) * self.table[k].log() + w * self.table[k + 1].log()  # (C, B)
         b = (torch.bucketize(D.detach().double(), self.edges[1:-1].contiguous())).clamp(0, logv.shape[1] - 1)
         return logv.exp().to(D.dtype)[torch.arange(C).view(1, C, 1, 1), b]
 
     def to_dict(self) -> dict:
-        return {"times": self.times.tolist(), "edges": self.edges.tolist(), "table": self.table.tolist()}
+        return {"times": self.times.tolist(), "edges": self.edges.tolist(), "table": self.table.tolist(),
+                "offset": None if self.offset is None else self.offset.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DenoiserVariance":
+        off = d.get("offset")
         return cls(torch.tensor(d["times"], dtype=torch.long), torch.tensor(d["edges"], dtype=torch.float64),
-                   torch.tensor(d["table"], dtype=torch.float64))
+                   torch.tensor(d["table"], dtype=torch.float64),
+                   None if off is None else torch.tensor(off, dtype=torch.float64))
 
 
 def bin_edges() -> torch.Tensor:
@@ -115,6 +149,8 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
     edges = bin_edges()
     n_bins, C = len(edges) - 1, x0.shape[1]
     table = torch.empty(len(times), C, n_bins, dtype=torch.float64)
+    offset = torch.empty(len(times), C, dtype=torch.float64)
+    n_pix = x0.shape[-2] * x0.shape[-1]
     for k, t in enumerate(tqdm(times.tolist(), desc="denoiser variance", disable=not progress, leave=False)):
         a = float(abar[t])
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
@@ -123,11 +159,14 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
         bins = torch.bucketize(D, edges[1:-1].contiguous()).clamp(0, n_bins - 1)
         for c in range(C):
             table[k, c] = _bin_means(err2[:, c].flatten(), bins[:, c].flatten(), n_bins)
-    return DenoiserVariance(times, edges, table.clamp_min(torch.finfo(torch.float32).tiny))
+        # lambda_t: mean covariance of two different pixels' errors (module docstring)
+        sum_e = (x0.double().cpu() - D).sum((-2, -1))  # (N, C)
+        offset[k] = ((sum_e**2 - err2.sum((-2, -1))).mean(0) / (n_pix * (n_pix - 1))).clamp_min(0.0)
+    return DenoiserVariance(times, edges, table.clamp_min(torch.finfo(torch.float32).tiny), offset)
 
 
 def _cache_path(profile: str, sha: str) -> Path:
-    return paths.cache_dir() / "denoiser_variance" / f"{profile}-{sha[:16]}-n{N_IMAGES}-k{N_TIMES}-asinh.json"
+    return paths.cache_dir() / "denoiser_variance" / f"{profile}-{sha[:16]}-n{N_IMAGES}-k{N_TIMES}-asinh-offset.json"
 
 
 def of_prior(prior, progress: bool = True) -> DenoiserVariance:
@@ -165,7 +204,8 @@ def of_prior(prior, progress: bool = True) -> DenoiserVariance:
     else:
         inputs = {"profile": P.name, "checkpoint_sha256": sha, "n_images": N_IMAGES, "times": times.tolist(),
                   "bin_range": list(BIN_RANGE), "bin_width": BIN_WIDTH,
-                  "bin_softening": BIN_SOFTENING, "min_count": MIN_COUNT, "seed": P.seed + 11}
+                  "bin_softening": BIN_SOFTENING, "min_count": MIN_COUNT, "seed": P.seed + 11,
+                  "offset": "lambda_t per band"}
         path = cache.cached(_cache_path(P.name, sha), inputs,
                             lambda tmp: Path(tmp).write_text(json.dumps(compute().to_dict())),
                             what="denoiser variance")

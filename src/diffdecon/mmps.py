@@ -14,10 +14,14 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
   ``|J^T w - J w| / |J w|`` of 0.25-0.99 and negative eigenvalues of its symmetric part),
   and conjugate gradients on the resulting system do not converge: the samples then miss
   the data by orders of magnitude at high signal-to-noise.
-* ``"empirical"``: a diagonal ``V_t`` measured from the denoiser's own squared errors on
-  training images, per band and per value of ``D`` (:mod:`diffdecon.denoiser_variance`): the
+* ``"empirical"``: ``V_t`` measured from the denoiser's own errors on training images
+  (:mod:`diffdecon.denoiser_variance`): a diagonal per band and per value of ``D`` (the
   sky, which the prior knows to ~0.02, gets a variance thousands of times smaller than
-  ``c_t`` below at high noise, and the data cannot drag it around in the early steps.
+  ``c_t`` below at high noise, and the data cannot drag it around in the early steps) plus a
+  per-band offset term ``lambda_t 1 1^T``, the covariance the errors of distant pixels share
+  (a uniform sky level the prior knows less well than any one pixel). Without that term the
+  data cannot move the sky level as a whole, and at high signal-to-noise the samples lack
+  the faint light spread over the image.
 * ``"isotropic"`` (the default of :func:`mmps`): ``V_t = c_t I`` with ``c_t = sigma_t^2 v0 / (alpha_t^2 v0 +
   sigma_t^2)``, the Tweedie covariance of a ``N(mu, v0 I)`` prior (``v0 = 1`` by default: the
   images span about [-1, 2]); it tends to ``sigma_t^2 / alpha_t^2``, the limit of every prior,
@@ -25,7 +29,8 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
 
       x0_post = D + delta,   (I / c_t + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D)),   (Woodbury form)
 
-  (with a diagonal ``V_t``, ``I / c_t`` becomes ``V_t^-1``) whose matrix is symmetric positive
+  (with the empirical ``V_t``, ``I / c_t`` becomes ``V_t^-1``, diagonal plus rank one per band
+  and inverted by Sherman-Morrison) whose matrix is symmetric positive
   definite whatever the network, solved by
   preconditioned conjugate gradients with only products by ``A`` and ``A^T`` (no pass
   through the network: one network evaluation per step). The Jacobi preconditioner
@@ -93,13 +98,44 @@ def _linearised(forward, D: torch.Tensor):
     return AD.detach(), jvp_A, vjp_A
 
 
+def _inverse_covariance(c, offset_at, t: int, D: torch.Tensor):
+    """Products by ``V_t^-1`` and by a square root ``W`` of it (``W W^T = V_t^-1``) for
+    ``V_t = diag(c) + lambda_t 1 1^T`` per band and sample (``lambda_t = offset_at(t)``, (C,);
+    no offset term when ``offset_at`` is None or gives None). Sherman-Morrison, with
+    ``u = c^-1/2 1``, ``beta = lambda / (1 + lambda |u|^2)``:
+
+        V^-1 = c^-1/2 (I - beta u u^T) c^-1/2,      (I - beta u u^T) = (I - gamma u_hat u_hat^T)^2,
+        gamma = 1 - sqrt(1 - beta |u|^2),            u_hat = u / |u|.
+    """
+    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)
+    lam = None if offset_at is None else offset_at(t)
+    if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
+        return (lambda v: v / c), (lambda xi: xi / c**0.5)
+    lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
+    u2 = (1.0 / c).sum((-2, -1), keepdim=True)  # |u|^2 = 1^T c^-1 1, per sample and band
+    beta = lam / (1.0 + lam * u2)
+    gamma = 1.0 - (1.0 - beta * u2).clamp_min(0.0) ** 0.5
+
+    def v_inv(v):  # c^-1 v - beta c^-1 1 (1^T c^-1 v)
+        w = v / c
+        return w - beta * w.sum((-2, -1), keepdim=True) / c
+
+    def v_inv_half(xi):  # c^-1/2 (xi - gamma u_hat (u_hat . xi))
+        u_hat = c**-0.5 / u2**0.5
+        return (xi - gamma * u_hat * (u_hat * xi).sum((-2, -1), keepdim=True)) / c**0.5
+
+    return v_inv, v_inv_half
+
+
 def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 10, x0_clip=None,
                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
                       generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None,
                       variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None):
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
-    :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]).
+    :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
+    ``lambda_t 1 1^T`` per band when ``variance`` has an ``offset_at(t)`` giving
+    ``lambda_t`` (C,) (:func:`_inverse_covariance`).
 
     Solves ``(V_t^-1 + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D))`` (module
     docstring) with ``cg_iters`` preconditioned CG iterations and returns
@@ -112,7 +148,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     With a ``generator``, ``x0_post`` is a *draw* of the Gaussian posterior
     ``N(D + delta, (V_t^-1 + A^T Sigma_y^-1 A)^-1)`` instead of its mean, by perturbing the
     right-hand side (perturb-and-solve): ``b + A^T Sigma_y^-1/2 eta + V_t^-1/2 xi``,
-    ``eta``, ``xi ~ N(0, I)``, has covariance ``A^T Sigma_y^-1 A + V_t^-1``, so its solution
+    ``eta``, ``xi ~ N(0, I)``, has covariance ``A^T Sigma_y^-1 A + V_t^-1`` (``V_t^-1/2 xi``: any
+    square root, :func:`_inverse_covariance`), so its solution
     has exactly the posterior covariance. The sampler's ancestral step from a draw of
     ``p(x_0 | x_t, y)`` keeps the spread that the step from the mean loses on a coarse time grid.
 
@@ -137,11 +174,13 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
         if generator is not None:  # perturb-and-solve: r + Sigma_y^1/2 eta and xi / sqrt(c)
             r = r + sigma_y * _randn(tuple(r.shape), generator, r.dtype, r.device)
         b = vjp_A(r / s2)  # A^T Sigma_y^-1 r
+        v_inv, v_inv_half = _inverse_covariance(c, None if variance is None else getattr(variance, "offset_at", None),
+                                                t, D)
         if generator is not None:
-            b = b + _randn(tuple(b.shape), generator, b.dtype, b.device) / c**0.5
+            b = b + v_inv_half(_randn(tuple(b.shape), generator, b.dtype, b.device))
 
-        def matvec(v):  # (I / c + A^T Sigma_y^-1 A) v
-            return v / c + vjp_A(jvp_A(v) / s2)
+        def matvec(v):  # (V_t^-1 + A^T Sigma_y^-1 A) v
+            return v_inv(v) + vjp_A(jvp_A(v) / s2)
 
         m_inv = None if precond is None else 1.0 / (1.0 / c + precond(D).to(D.dtype))
         delta = _cg(matvec, b.detach(), cg_iters, m_inv)

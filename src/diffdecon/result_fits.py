@@ -110,6 +110,8 @@ def provenance_header(result, prior):
     hdr["CKPTFILE"] = (Path(ckpt).name if ckpt else "none", "prior weights file")
     hdr["SAMPLER"] = (result.sampler, "posterior sampler")
     hdr["STEPS"] = (result.steps, "sampling steps")
+    if getattr(result, "covariance", None):
+        hdr["MMPSCOV"] = (result.covariance, "MMPS covariance of p(x0 | x_t)")
     hdr["SEED"] = (-1 if result.seed is None else result.seed, "random seed (-1: external generator)")
     hdr["NSAMPLE"] = (result.n, "posterior samples")
     hdr["REDSHIFT"] = (pb.z, "redshift of the galaxy")
