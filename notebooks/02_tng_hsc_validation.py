@@ -98,10 +98,11 @@ _ = plotting.save_figure(fig, "synthetic_galaxy_grid")
 # and noise, and inverted with four methods:
 #
 # * **MMPS** (moment-matching posterior sampling), the better sampler: each step conditions
-#   a Gaussian approximation of $p(x_0 \mid x_t)$ on the data. Its covariance is diagonal and
-#   measured: the denoiser's own mean squared error on training images, per band and per
-#   denoised value (`diffdecon.denoiser_variance`), so the sky, which the prior knows to a
-#   few hundredths, is not moved by the data's noise. (A trained network's Jacobian, the
+#   a Gaussian approximation of $p(x_0 \mid x_t)$ on the data. Its covariance is
+#   measured from the denoiser's own errors on training images (`diffdecon.denoiser_variance`):
+#   a diagonal per band and per denoised value, so the sky, which the prior knows to a few
+#   hundredths, is not moved by the data's noise, plus one term per band for the uniform sky
+#   level, which the prior knows less well than any single pixel. (A trained network's Jacobian, the
 #   Tweedie covariance of the paper, is neither symmetric nor positive, and the linear solve
 #   then fails.) The system is solved by preconditioned conjugate gradients, and the steps
 #   are spaced quadratically in time, dense at low noise, so far fewer steps are needed;
