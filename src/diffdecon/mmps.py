@@ -107,10 +107,10 @@ def _inverse_covariance(c, offset_at, t: int, D: torch.Tensor):
         V^-1 = c^-1/2 (I - beta u u^T) c^-1/2,      (I - beta u u^T) = (I - gamma u_hat u_hat^T)^2,
         gamma = 1 - sqrt(1 - beta |u|^2),            u_hat = u / |u|.
     """
-    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)
     lam = None if offset_at is None else offset_at(t)
     if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
-        return (lambda v: v / c), (lambda xi: xi / c**0.5)
+        return (lambda v: v / c), (lambda xi: xi / c**0.5)  # c may stay a scalar (isotropic)
+    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)  # sums over pixels need its shape
     lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
     u2 = (1.0 / c).sum((-2, -1), keepdim=True)  # |u|^2 = 1^T c^-1 1, per sample and band
     beta = lam / (1.0 + lam * u2)
