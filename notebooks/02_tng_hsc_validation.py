@@ -196,8 +196,11 @@ _ = plotting.save_figure(plotting.tarp_figure({labels[m]: (c["alpha"], c["ecp"])
 # network learnt imperfectly). Truths drawn from the prior itself remove the second: observed
 # through the same forward model and noise, a correct sampler is calibrated on them whatever
 # the prior's quality (simulation-based calibration). The truths are set to total magnitudes
-# 18, 20 and 22 (the magnitude sweep's range) at the three low redshifts; the flux scale of
-# each truth is given to the sampler. Coverage is split by the truth's surface brightness in
+# 18, 20 and 22 (the magnitude sweep's range) at the three low redshifts. The flux scale is
+# given to the sampler and is the same for every truth at one magnitude (that of a training
+# image with the median i-band total; each truth's own magnitude differs by its brightness):
+# a scale set from each truth's own total would tell the sampler that total, and the truths
+# would no longer be draws of the prior it assumes. Coverage is split by the truth's surface brightness in
 # noise units: sky (< 1 sigma), faint (1-10) and galaxy (> 10). Here a small set; the bench
 # script `bench/bench_calibration.py` runs 100 prior-drawn and 24 held-out truths and writes
 # `results/calibration.json`, whose numbers the manuscript quotes.

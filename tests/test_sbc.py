@@ -230,3 +230,25 @@ def test_mock_calibration_uses_prior_references():
     S = torch.stack([r.samples for r in results], 1).flatten(2).numpy()
     T = torch.stack([stretch(r.problem.truth, 0.1) for r in results]).flatten(1).numpy()
     assert cal["tarp_max_dev"] == pytest.approx(sbc.tarp_prior(S, T)[2])
+
+
+def test_flux_scale_does_not_depend_on_the_truth():
+    """make_cases gives every truth at one magnitude the same flux scale s (the sampler is told
+    s; an s set from the truth's own total would tell it that total): a truth twice as bright
+    in normalised flux is observed twice as bright; s is the magnitude's flux over
+    reference_total (tolerance: float64 rounding)."""
+    from diffdecon import config, mock
+    from diffdecon.prior import stretch, unstretch
+    from diffdecon.units import mag_to_flux
+
+    P = config.get_profile("smoke")
+    g = torch.Generator().manual_seed(2)
+    u = 0.05 * torch.rand(len(P.bands), P.image_size, P.image_size, generator=g, dtype=torch.float64)
+    x = stretch(torch.stack([u, 2 * u]), P.asinh_a).float()
+    cases = sbc.make_cases(SimpleNamespace(profile=P), x, [21.0], [0.1], mock.hsc_reference(), seed=3)
+    s_ref = float(mag_to_flux(21.0)) / sbc.reference_total(P)
+    assert [c.problem.scale for c in cases] == pytest.approx([s_ref, s_ref], rel=1e-12)
+    totals = [float(c.flux_true[-1].sum()) for c in cases]
+    assert totals[1] / totals[0] == pytest.approx(2.0, rel=1e-4)
+    assert totals[0] == pytest.approx(s_ref * float(unstretch(x[0].double(), P.asinh_a)[-1].sum()), rel=1e-9)
+    assert 0 < sbc.reference_total(P) < P.flux_norm
