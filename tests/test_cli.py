@@ -239,8 +239,12 @@ def test_untrained_checkpoint_warns_and_divergence_fails_cleanly(obs_files, caps
     rc = cli.main(_args(obs_files, out, "--redshift", str(Z), "--checkpoint", str(ckpt)))
     err = capsys.readouterr().err
     assert rc == 0 and out.exists() and "warning: the posterior samples do not fit the data" in err, err
+    assert "where the posterior mean misses the data, residual sources" in err, err
     with fits.open(out) as hdul:
-        assert hdul[0].header["CONVERGD"] is False and hdul[0].header["CHI2SMED"] > 2
+        h = hdul[0].header
+        assert h["CONVERGD"] is False and h["CHI2SMED"] > 2
+        assert {"RESGAL", "RESNEI", "RESOUT", "RESNSRC", "CHI2O_G", "CHI2O_R", "CHI2O_I"} <= set(h)
+        assert 0 <= h["RESGAL"] + h["RESNEI"] + h["RESOUT"] <= 1 + 1e-9
     out.unlink()
 
     def diverging(*args, **kwargs):

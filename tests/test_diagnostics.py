@@ -44,3 +44,52 @@ def test_floor_flags_a_source_outside_the_model_field(mock_problem):
 def test_bad_iterations(mock_problem):
     with pytest.raises(ValueError, match="max_iter"):
         fit_floor(mock_problem, max_iter=0)
+
+
+def _blob(shape, y0: float, x0: float, peak: float, sd: float = 1.2) -> torch.Tensor:
+    """A Gaussian source of ``peak`` [flux per obs px] at ``(y0, x0)`` [obs px], all bands."""
+    yy, xx = np.mgrid[:shape[-2], :shape[-1]]
+    g = peak * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sd**2))
+    return torch.as_tensor(np.broadcast_to(g, shape).copy())
+
+
+def test_residual_sources_place_a_neighbour_and_light_outside_the_field(mock_problem):
+    """With the truth as the model, the residual is noise: any source found holds an excess chi^2
+    below 30 (a 20 sigma source holds thousands) and the chi^2 outside the sources is 1 within 0.1. A neighbour (20 sigma peak) inside the field, away from
+    the galaxy, and one in the window's margin are found where they were put (within 1.5 obs
+    px) and placed as a neighbour and outside the field; together they hold over 90 % of the
+    excess, and the chi^2 outside them returns to 1 within 0.1."""
+    from diffdecon.diagnostics import residual_sources
+
+    truth = mock_problem.truth.double()
+    clean = residual_sources(mock_problem, truth)
+    assert clean.chi2.shape == (3,) and np.all(np.abs(clean.chi2_outside - 1) < 0.1), clean
+    assert all(s.excess_chi2 < 30 for s in clean.sources), clean.sources
+    H, W = mock_problem.y.shape[-2:]
+    with torch.no_grad():
+        reach = mock_problem.operator.A(torch.ones_like(truth)[None])[0, -1]
+    inside = (reach > 0.5 * reach[H // 2, W // 2]).nonzero()
+    lo, hi = int(inside[:, 0].min()), int(inside[:, 0].max())
+    assert lo >= 2, "the mock's window needs a margin outside the model field for this test"
+    near, far = (lo + 3, hi - 3), (1, W // 2)  # a corner of the field; the margin's top row
+    sig = float(mock_problem.sigma.max())
+    mock_problem.y = mock_problem.y + _blob(mock_problem.y.shape, *near, 20 * sig) + _blob(mock_problem.y.shape, *far, 20 * sig)
+    rep = residual_sources(mock_problem, truth)
+    by_place = {s.where: s for s in rep.sources if s.excess_chi2 > 0.05 * rep.excess_chi2}
+    assert set(by_place) == {"neighbour", "outside"}, rep.sources
+    assert np.hypot(by_place["neighbour"].y - near[0], by_place["neighbour"].x - near[1]) < 1.5
+    assert np.hypot(by_place["outside"].y - far[0], by_place["outside"].x - far[1]) < 1.5
+    assert rep.share("neighbour") + rep.share("outside") > 0.9 and rep.share("galaxy") < 0.05
+    assert np.all(np.abs(rep.chi2_outside - 1) < 0.1) and rep.chi2.min() > 1.5, (rep.chi2, rep.chi2_outside)
+    assert "neighbours in the model field" in rep.summary(("g", "r", "i"))
+
+
+def test_residual_sources_bad_input(mock_problem):
+    from diffdecon.diagnostics import residual_sources
+
+    with pytest.raises(ValueError, match="box"):
+        residual_sources(mock_problem, mock_problem.truth, box=4)
+    with pytest.raises(ValueError, match="where"):
+        residual_sources(mock_problem, mock_problem.truth).share("sky")
+    with pytest.raises(ValueError, match="bands"):
+        residual_sources(mock_problem, mock_problem.truth[:2])

@@ -38,7 +38,7 @@ def test_targets_table_rows_and_file(tmp_path):
     rows = manuscript.write_targets_table("t", [ok, diverged], "caption", "tab:t", missing=["a_b"],
                                           directory=tmp_path)
     assert rows[0] == ["test\\_1", "0.2168", "19.00", "63.1", "1.01", "1.23", "2.00", "1.23e+05", "0.050",
-                       "0.876", "3.2"]
+                       "0.876", "3.2", ""]  # no residual report: empty last column
     assert rows[1][5:10] == ["diverged"] * 5  # no posterior: chi2, variance ratio and HST columns
     tex = (tmp_path / "t.tex").read_text()
     assert r"\label{tab:t}" in tex and r"Absent, not run: a\_b." in tex

@@ -24,7 +24,8 @@ def test_analyse_target_real(present_targets, hsc_root, smoke_gaussian_prior, mo
     assert a.error is None and a.result is not None and a.wall_time_s > 0
     assert a.m == pytest.approx(a.problem.m) and a.upsampling_factor == pytest.approx(32 / a.m)
     row = manuscript.analysis_table_rows([a])[0]
-    assert len(row) == 11 and row[0] == name.replace("_", r"\_") and row[1] == f"{t.z:.4f}"
+    assert len(row) == 12 and row[0] == name.replace("_", r"\_") and row[1] == f"{t.z:.4f}"
+    assert a.residuals is not None and row[11] == f"{max(a.residuals.chi2_outside):.2f}"
     if with_hst:
         assert a.hst is not None and a.agreement is not None
         assert row[9] == f"{a.agreement.correlation:.3f}"
@@ -42,7 +43,7 @@ def test_analyse_target_real(present_targets, hsc_root, smoke_gaussian_prior, mo
     assert "forced divergence" in d.summary()
     drow = manuscript.analysis_table_rows([d])[0]
     assert drow[5:9] == ["diverged"] * 4
-    assert drow[9] == ("diverged" if with_hst else "no HST")
+    assert drow[9] == ("diverged" if with_hst else "no HST") and drow[11] == "diverged" and d.residuals is None
     assert "mean" not in d.figure_row()
 
 

@@ -52,7 +52,11 @@ output (one FITS file, written atomically):
   The model grid has the profile's H = W pixels of pixel_scale_kpc proper kpc (a WCS centred
   on the galaxy is attached); the primary header records the checkpoint SHA-256, sampler,
   steps, seed, number of samples, package version, profile, redshift, pixel scale, flux
-  scale, per-band reduced chi^2 and the aperture variance ratio.
+  scale, per-band reduced chi^2 and the aperture variance ratio, and where the posterior mean
+  misses the data (diffdecon.diagnostics.residual_sources): the share of the excess chi^2 in
+  residual sources on the galaxy, in neighbours and outside the model field (RESGAL, RESNEI,
+  RESOUT, RESNSRC) and the reduced chi^2 outside them (CHI2O_G/R/I). Above a reduced chi^2
+  of 1.5 the command prints that summary.
 """
 
 class CLIError(DiffdeconError):
@@ -65,6 +69,10 @@ class CLIError(DiffdeconError):
 CHI2_WARNING: float = 10.0
 """A reduced chi^2 of A(posterior mean) against the data above this in any band is reported
 as a warning (1 is a fit at the noise level)."""
+CHI2_RESIDUALS: float = 1.5
+"""Above this reduced chi^2 of A(posterior mean) in any band the command says where the model
+misses the data (:func:`diffdecon.diagnostics.residual_sources`: neighbours, light outside the
+model's field, structure on the galaxy)."""
 
 
 def _positive_int(text: str) -> int:
@@ -255,6 +263,7 @@ def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
     import torch
 
     from .deconvolution import CHI2_CONVERGED, deconvolve
+    from .diagnostics import residual_sources
     from .reference_samples import prior_samples
     from .result_fits import write_result
 
@@ -268,12 +277,18 @@ def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
                         generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size,
                         prior_samples=ref, progress=progress, **kw)
     result.seed = args.seed
-    extra = extra_fn(result) if extra_fn else None
+    residuals = residual_sources(problem, result.mean)
+    extra = {**(extra_fn(result) if extra_fn else {}), **_residual_cards(residuals, problem.profile.bands)}
     write_result(args.output, result, prior, overwrite=args.overwrite, save_samples=args.save_samples, extra=extra)
     chi2 = ", ".join(f"{b} {c:.2f}" for b, c in zip(problem.profile.bands, result.chi2))
     print(f"[diffdecon] wrote {args.output} ({result.n} samples, {result.wall_time_s:.1f} s; reduced chi2 {chi2}; "
           f"variance ratio in r={problem.profile.aperture_radius_px:g} px: {result.variance_ratio_aperture:.4f})",
           file=sys.stderr)
+    if max(result.chi2) > CHI2_RESIDUALS:
+        print(f"[diffdecon] reduced chi2 above {CHI2_RESIDUALS:g}: where the posterior mean misses the data, "
+              f"{residuals.summary(problem.profile.bands)}. The prior holds one idealized galaxy centred in its "
+              "field: neighbours and light outside the field are not in the model (header RES*, CHI2O_*)",
+              file=sys.stderr)
     if not result.converged:
         _report_not_converged(problem, result, CHI2_CONVERGED)
     elif max(result.chi2) > CHI2_WARNING:
@@ -281,6 +296,22 @@ def _sample_and_write(args, problem, prior, extra_fn=None) -> int:
               "data (an untrained or mismatched checkpoint, a wrong redshift or PSF, or a neighbour in the window?)",
               file=sys.stderr)
     return 0
+
+
+def _residual_cards(report, bands) -> dict:
+    """FITS cards of a :class:`diffdecon.diagnostics.ResidualReport`: the share of the excess
+    chi^2 in residual sources at each place and the reduced chi^2 outside them per band."""
+    import numpy as np
+
+    from .diagnostics import SOURCE_PLACES
+
+    cards = {f"RES{w[:3].upper()}": (round(report.share(w), 4), f"excess chi2 share, residual sources: {w}")
+             for w in SOURCE_PLACES}
+    cards["RESNSRC"] = (len(report.sources), "residual sources of the posterior mean")
+    cards.update({f"CHI2O_{b.upper()}": (float(c) if np.isfinite(c) else -1.0,
+                                         f"reduced chi2 outside residual sources, band {b} (-1: none)")
+                  for b, c in zip(bands, report.chi2_outside)})
+    return cards
 
 
 def _report_not_converged(problem, result, threshold: float) -> None:

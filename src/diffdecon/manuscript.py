@@ -89,7 +89,7 @@ def write_table(name: str, latex: str, directory: Path | None = None) -> Path:
 
 TARGETS_TABLE_HEADER: tuple[str, ...] = (
     "target", "$z$", "$i$ [mag]", "$m(z,p)$ [px]", "upsampling", r"$\chi^2_g$", r"$\chi^2_r$", r"$\chi^2_i$",
-    "variance ratio", "HST corr.", "wall [s]")
+    "variance ratio", "HST corr.", "wall [s]", r"$\chi^2_{\max}$ outside res. sources")
 """Columns of :func:`analysis_table_rows`."""
 
 
@@ -111,8 +111,11 @@ def analysis_table_rows(analyses: Sequence[Any]) -> list[list[str]]:
     """Rows of the targets' table (LaTeX-ready strings): target, z, i mag, m(z, p) [HSC px],
     upsampling factor, reduced chi^2 per band g, r, i of A(posterior mean) against y, the
     aperture variance ratio, the HST correlation (``no HST`` without a cutout) and the wall
-    time [s]. ``analyses``: :class:`diffdecon.targets.TargetAnalysis` objects. A diverged
-    sampler shows ``diverged`` in the posterior columns."""
+    time [s], and the largest over the bands of the reduced chi^2 outside the residual sources
+    (:func:`diffdecon.diagnostics.residual_sources`: neighbours, light outside the model field,
+    structure on the galaxy; empty when not measured). ``analyses``:
+    :class:`diffdecon.targets.TargetAnalysis` objects. A diverged sampler shows ``diverged`` in
+    the posterior columns."""
     rows = []
     for a in analyses:
         row = [latex_escape(a.name), f"{a.z:.4f}", f"{a.i_mag:.2f}", f"{a.m:.1f}", f"{a.upsampling_factor:.2f}"]
@@ -126,6 +129,8 @@ def analysis_table_rows(analyses: Sequence[Any]) -> list[list[str]]:
         else:
             row.append("diverged" if a.agreement is None else f"{a.agreement.correlation:.3f}")
         row.append(f"{a.wall_time_s:.1f}")
+        res = getattr(a, "residuals", None)
+        row.append("diverged" if a.result is None else ("" if res is None else f"{max(res.chi2_outside):.2f}"))
         rows.append(row)
     return rows
 

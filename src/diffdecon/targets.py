@@ -3,7 +3,8 @@
 The steps live in their own modules and are chained here for a notebook or the CLI:
 :func:`diffdecon.problem.prepare_target` (window, noise, forward model, flux scale),
 :func:`diffdecon.deconvolution.deconvolve` (posterior samples and their summaries) and
-:mod:`diffdecon.hst` (HST F814W on the HSC window, agreement with the posterior mean).
+:mod:`diffdecon.hst` (HST F814W on the HSC window, agreement with the posterior mean) and
+:func:`diffdecon.diagnostics.residual_sources` (where the posterior mean misses the data).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from . import data
 from .data import HSCTarget
 from .deconvolution import PosteriorResult, deconvolve
+from .diagnostics import ResidualReport, residual_sources
 from .errors import DivergenceError
 from .hst import HSTAgreement, hst_agreement, hst_on_hsc_grid
 from .problem import InverseProblem, prepare_target, present_targets
@@ -50,6 +52,10 @@ class TargetAnalysis:
         Posterior mean vs HST (None without HST or without a posterior).
     wall_time_s : float
         Wall time of the whole analysis: preparation, sampling, HST [s].
+    residuals : ResidualReport or None
+        Where the posterior mean misses the data (:func:`diffdecon.diagnostics.residual_sources`:
+        neighbours, light outside the model field, structure on the galaxy); None without a
+        posterior.
     """
 
     name: str
@@ -63,6 +69,7 @@ class TargetAnalysis:
     hst: np.ndarray | None
     agreement: HSTAgreement | None
     wall_time_s: float
+    residuals: ResidualReport | None = None
 
     def summary(self) -> str:
         """One line: m(z, p) [HSC px], upsampling factor, reduced chi^2 per band and aperture
@@ -78,8 +85,9 @@ class TargetAnalysis:
             hst = "HST present, no posterior to compare"
         else:
             hst = f"HST corr {self.agreement.correlation:.3f}, flux ratio {self.agreement.flux_ratio:.2f}"
+        where = "" if self.residuals is None else f"\n    {self.residuals.summary(self.problem.profile.bands)}"
         return (f"{self.name}: m(z,p) = {self.m:.1f} px, upsampling {self.upsampling_factor:.2f}; {status}; "
-                f"{hst}; {self.wall_time_s:.1f} s")
+                f"{hst}; {self.wall_time_s:.1f} s{where}")
 
     def figure_row(self, n_single: int = 2) -> dict[str, Any]:
         """Arrays for :func:`diffdecon.plotting.hsc_target_figure`: ``y`` (3, n, n)
@@ -123,9 +131,11 @@ def analyse_target(target: HSCTarget, prior, *, sampler: str = "mmps", n: int | 
         hst = resampled[0]
         if result is not None:
             agreement = hst_agreement(result.mean, problem, resampled, target)
+    residuals = None if result is None else residual_sources(problem, result.mean)
     return TargetAnalysis(name=target.name, z=float(target.z), i_mag=float(target.i_mag), m=problem.m,
                           upsampling_factor=problem.upsampling_factor, problem=problem, result=result,
-                          error=error, hst=hst, agreement=agreement, wall_time_s=time.perf_counter() - t0)
+                          error=error, hst=hst, agreement=agreement, wall_time_s=time.perf_counter() - t0,
+                          residuals=residuals)
 
 
 def targets_between(z_min: float = 0.0, z_max: float = math.inf, root=None) -> tuple[list[HSCTarget], list[str]]:
