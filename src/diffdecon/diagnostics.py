@@ -172,16 +172,7 @@ def residual_sources(problem, flux_mean, box: int = SOURCE_BOX,
     spread = 1.4826 * float(np.median(np.abs(S - np.median(S)))) or 1.0
     detected = np.abs(S) > threshold * spread
     labels, n = ndimage.label(detected)
-    with torch.no_grad():
-        reach = problem.operator.A(torch.ones_like(f)[None].to(problem.y.device))[0, -1].double().cpu().numpy()
-    inside = reach > 0.5 * reach[reach.shape[0] // 2, reach.shape[1] // 2]
-    m = np.clip(model.sum(0).numpy(), 0.0, None)
-    yy, xx = np.indices(m.shape)
-    rad = np.hypot(yy - (m.shape[0] - 1) / 2, xx - (m.shape[1] - 1) / 2)
-    order = np.argsort(rad, axis=None)
-    cum = np.cumsum(m.flatten()[order])
-    r90 = float(rad.flatten()[order][np.searchsorted(cum, GALAXY_FRACTION * cum[-1])]) if cum[-1] > 0 else 0.0
-    galaxy = rad <= r90
+    inside, galaxy = _field(problem, f), _galaxy(model.sum(0).numpy())
     excess = (r**2 - 1.0).sum(0)
     mask = np.zeros(S.shape, dtype=bool)
     sources = []
@@ -199,3 +190,24 @@ def residual_sources(problem, flux_mean, box: int = SOURCE_BOX,
     keep = ~mask
     chi2_out = (r[:, keep] ** 2).mean(1) if keep.any() else np.full(C, np.nan)
     return ResidualReport(tuple(sources), float(excess.sum()), chi2, chi2_out)
+
+
+def _field(problem, f: torch.Tensor) -> np.ndarray:
+    """Window pixels (H, W) inside the model's field: where ``A`` of a uniform model image
+    reaches at least half its level at the window's centre (i band)."""
+    with torch.no_grad():
+        reach = problem.operator.A(torch.ones_like(f)[None].to(problem.y.device))[0, -1].double().cpu().numpy()
+    return reach > 0.5 * reach[reach.shape[0] // 2, reach.shape[1] // 2]
+
+
+def _galaxy(model: np.ndarray) -> np.ndarray:
+    """Window pixels (H, W) within the radius about the window's centre that holds
+    :data:`GALAXY_FRACTION` of the flux of ``model`` (H, W) (negative pixels count 0)."""
+    m = np.clip(model, 0.0, None)
+    yy, xx = np.indices(m.shape)
+    rad = np.hypot(yy - (m.shape[0] - 1) / 2, xx - (m.shape[1] - 1) / 2)
+    order = np.argsort(rad, axis=None)
+    cum = np.cumsum(m.flatten()[order])
+    if not cum[-1] > 0:
+        return np.zeros(m.shape, dtype=bool)
+    return rad <= rad.flatten()[order][np.searchsorted(cum, GALAXY_FRACTION * cum[-1])]
