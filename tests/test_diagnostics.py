@@ -55,9 +55,10 @@ def _blob(shape, y0: float, x0: float, peak: float, sd: float = 1.2) -> torch.Te
 
 def test_residual_sources_place_a_neighbour_and_light_outside_the_field(mock_problem):
     """With the truth as the model, the residual is noise: any source found holds an excess chi^2
-    below 30 (a 20 sigma source holds thousands) and the chi^2 outside the sources is 1 within 0.1. A neighbour (20 sigma peak) inside the field, away from
-    the galaxy, and one in the window's margin are found where they were put (within 1.5 obs
-    px) and placed as a neighbour and outside the field; together they hold over 90 % of the
+    below 30 (a 20 sigma source holds thousands) and the chi^2 outside the sources is 1 within
+    0.1. A neighbour (20 sigma peak) inside the field, away from the galaxy, and one in the
+    window's margin are found where they were put (within 1.5 obs px) and placed as a
+    neighbour and outside the field; together they hold over 90 % of the
     excess, and the chi^2 outside them returns to 1 within 0.1."""
     from diffdecon.diagnostics import residual_sources
 
@@ -73,7 +74,8 @@ def test_residual_sources_place_a_neighbour_and_light_outside_the_field(mock_pro
     assert lo >= 2, "the mock's window needs a margin outside the model field for this test"
     near, far = (lo + 3, hi - 3), (1, W // 2)  # a corner of the field; the margin's top row
     sig = float(mock_problem.sigma.max())
-    mock_problem.y = mock_problem.y + _blob(mock_problem.y.shape, *near, 20 * sig) + _blob(mock_problem.y.shape, *far, 20 * sig)
+    shape = mock_problem.y.shape
+    mock_problem.y = mock_problem.y + _blob(shape, *near, 20 * sig) + _blob(shape, *far, 20 * sig)
     rep = residual_sources(mock_problem, truth)
     by_place = {s.where: s for s in rep.sources if s.excess_chi2 > 0.05 * rep.excess_chi2}
     assert set(by_place) == {"neighbour", "outside"}, rep.sources

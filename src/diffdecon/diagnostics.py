@@ -88,8 +88,9 @@ class ResidualSource:
     the bands of ``r^2 - 1`` (``r`` the normalised residual), the ``sign`` of the residual (+1:
     flux the model lacks) and ``where`` its peak lies (:data:`SOURCE_PLACES`): on the
     ``galaxy`` (within the radius about the window's centre that holds
-    :data:`GALAXY_FRACTION` of the model's flux), ``outside`` the model's field (where a uniform model image reaches less
-    than half its central level) or elsewhere in the field, a ``neighbour``."""
+    :data:`GALAXY_FRACTION` of the model's flux), ``outside`` the model's field (where a
+    uniform model image reaches less than half its central level) or elsewhere in the field, a
+    ``neighbour``."""
 
     y: float
     x: float

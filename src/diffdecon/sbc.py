@@ -53,8 +53,8 @@ from .config import Profile
 from .prior import stretch, unstretch
 from .units import mag_to_flux
 
-__all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "TARP_REFERENCES", "CalibrationCase", "truth_images", "reference_total", "make_cases",
-           "posterior_draws", "finite_sample_coverage", "prior_references", "tarp_prior", "tarp_null",
+__all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "TARP_REFERENCES", "CalibrationCase", "truth_images", "reference_total",
+           "make_cases", "posterior_draws", "finite_sample_coverage", "prior_references", "tarp_prior", "tarp_null",
            "rank_statistics", "summarise", "run_calibration", "manuscript_variables", "mock_calibration"]
 
 TRUTH_SETS: tuple[str, ...] = ("prior_draws", "heldout")
