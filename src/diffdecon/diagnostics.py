@@ -12,7 +12,8 @@ A floor near 1 does not clear the data either: the grid may hold a neighbour tha
 one idealized galaxy per image, cannot. :func:`residual_sources` finds where the posterior
 mean misses: compact residual sources in the window, on the galaxy or away from it, with their
 share of the excess chi^2 and the reduced chi^2 outside them (on the real target test2 of the
-quick profile, 72-88 % of the excess lies in neighbours at the window's edges).
+quick profile, 31 % of the excess lies in neighbours in the model field and 43 % in light
+outside it; notebook 03).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def fit_floor(problem, nonnegative: bool = True, max_iter: int = 500) -> np.ndar
 @dataclass(frozen=True)
 class ResidualSource:
     """A compact region where the model misses the data: centroid ``(y, x)`` of its box-summed
-    residual [obs px], pixels
-    ``n_pix`` (after growing by the detection box), ``excess_chi2`` = sum over its pixels and
+    residual [obs px], pixels ``n_pix`` (after growing by the detection box), ``excess_chi2`` =
+    sum over its pixels and
     the bands of ``r^2 - 1`` (``r`` the normalised residual), the ``sign`` of the residual (+1:
     flux the model lacks) and ``where`` its peak lies (:data:`SOURCE_PLACES`): on the
     ``galaxy`` (within the radius about the window's centre that holds
