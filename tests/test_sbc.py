@@ -211,6 +211,45 @@ def test_summarise_records_references_and_reproducible_ranks():
     assert sum(a["rank_radius"]) == 6 and len(a["rank_radius"]) == 5
 
 
+def _toy_cases(n_truths: int, spread: float, seed: int):
+    """Stand-in cases of 1 x 8 x 8 pixels with surface brightness exp(x) spanning all three
+    classes: truth ``mu + 0.2 e``, 4 samples ``mu + spread 0.2 e_j`` (``spread`` 1: calibrated)."""
+    g = torch.Generator().manual_seed(seed)
+    mu = 4.5 * torch.rand(n_truths, 1, 8, 8, generator=g, dtype=torch.float64) - 1.0
+    x_true = mu + 0.2 * torch.randn(mu.shape, generator=g, dtype=torch.float64)
+    cases = [sbc.CalibrationCase(x, x.exp(), _fake_problem(), 20.0, 0.1) for x in x_true]
+    draws = [m + spread * 0.2 * torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64) for m in mu]
+    return cases, draws
+
+
+@pytest.mark.parametrize("spread, sign", [(1.0, 0), (1.5, 1), (0.5, -1)])
+def test_tarp_distance_excess_detects_dispersion(spread, sign):
+    """The distance excess behind TARP (300 stand-in truths, 4 samples, seeded): a calibrated
+    sampler's z-score lies within 3.5 of 0 in every class and over the whole image; samples
+    spread 1.5 (0.5) times the truth's scatter give z > 4 (< -4) over the whole image."""
+    cases, draws = _toy_cases(300, spread, seed=11)
+    ex = sbc.summarise(cases, draws, null_reps=10)["tarp_distance_excess"]
+    assert set(ex) == {*sbc.PIXEL_CLASSES, "all"}
+    if sign == 0:
+        assert all(abs(v["z"]) < 3.5 for v in ex.values()), ex
+    else:
+        assert sign * ex["all"]["z"] > 4.0, ex
+
+
+def test_tarp_distance_excess_classes_are_symmetric():
+    """Classes taken from the truth alone select pixels where the truth is bright, and then a
+    calibrated sampler looks biased in them (faint class, 300 stand-in truths: |z| > 4); the
+    classes of the samples and the truth together do not (|z| < 3.5)."""
+    cases, draws = _toy_cases(300, 1.0, seed=12)
+    sym = sbc.summarise(cases, draws, null_reps=10)["tarp_distance_excess"]
+    rows = []
+    for k, (c, x) in enumerate(zip(cases, draws)):
+        r, m = cases[k - 1].x_true, sbc._pixel_class(c) == 1
+        rows.append(float(((x - r[None]) ** 2)[:, m].sum(1).mean() - ((c.x_true - r) ** 2)[m].sum()))
+    z_truth = np.mean(rows) / (np.std(rows, ddof=1) / math.sqrt(len(rows)))
+    assert abs(sym["faint"]["z"]) < 3.5 and abs(z_truth) > 4.0, (sym["faint"], z_truth)
+
+
 def test_mock_calibration_uses_prior_references():
     """mock_calibration (the validation notebook's calibration) keeps its keys and records the
     reference scheme; its TARP equals tarp_prior on the prior-space samples and truths."""

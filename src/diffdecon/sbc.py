@@ -29,6 +29,15 @@ Statistics (:func:`summarise`):
   same statistic, with the same reference scheme, for a perfectly calibrated sampler with
   the same numbers of truths and samples (:func:`tarp_null`); ``tarp_references`` in the
   output names the scheme;
+* what drives TARP (``tarp_distance_excess``): per pixel class and over the whole image, the
+  mean over truths of ``mean_j |x_j - r|^2 - |x_true - r|^2`` (prior space, summed over the
+  class's pixels; ``r`` the truth's TARP reference), with its standard error and z-score. For a
+  calibrated sampler truth and samples are exchangeable given ``y`` and ``r`` is independent of
+  them, so its expectation is 0; it is positive where the samples scatter more than the truth
+  about what they share (over-dispersed, or biased away from typical images), negative where
+  they scatter less. The classes are taken here from the mean flux of the samples and the truth
+  together, a symmetric function of the ``n + 1`` draws: classes of the truth alone select
+  pixels where the truth happens to be bright and bias the comparison;
 * ranks of the truth among the samples (simulation-based calibration, Talts et al. 2018) for
   the total flux, the (continuous) half-light radius and the pixels of the galaxy class, ties
   broken at random with a seeded generator (:func:`rank_statistics`), with a chi^2 test of
@@ -261,18 +270,38 @@ def _uniformity_p(ranks: np.ndarray, n: int) -> float:
 
 
 def _pixel_class(case: CalibrationCase) -> torch.Tensor:
-    """Class index per pixel (C, H, W): 0 sky, 1 faint, 2 galaxy (:data:`PIXEL_CLASSES`)."""
+    """Class index per pixel (C, H, W) of the truth: 0 sky, 1 faint, 2 galaxy (:data:`PIXEL_CLASSES`)."""
+    return _class_of(case, case.flux_true)
+
+
+def _class_of(case: CalibrationCase, flux: torch.Tensor) -> torch.Tensor:
+    """Class index per pixel (C, H, W) of a flux image ``flux`` (C, H, W) [flux per model px]
+    by its surface brightness in noise sigmas (:data:`PIXEL_CLASSES`): 0 sky, 1 faint, 2 galaxy."""
     p = case.problem
-    sb = case.flux_true / p.operator.model_pixel_width**2 / p.sigma.double().view(-1, 1, 1)
+    sb = flux.double() / p.operator.model_pixel_width**2 / p.sigma.double().view(-1, 1, 1)
     out = torch.zeros(sb.shape, dtype=torch.long)
     for i, (lo, hi) in enumerate(PIXEL_CLASSES.values()):
         out[(sb >= lo) & (sb < hi)] = i
     return out
 
 
-def _per_case(case: CalibrationCase, x: torch.Tensor, generator: torch.Generator) -> dict:
+def _distance_excess(case: CalibrationCase, x: torch.Tensor, flux: torch.Tensor, reference: torch.Tensor) -> dict:
+    """``mean_j |x_j - r|^2 - |x_true - r|^2`` per pixel class and over all pixels (``"all"``)
+    [prior-space units^2], classes of the mean flux of the samples ``flux`` (n, C, H, W) and the
+    truth together (module docstring)."""
+    cls = _class_of(case, (flux.double().sum(0) + case.flux_true.double()) / (flux.shape[0] + 1))
+    d_s = (x.double() - reference.double()[None]) ** 2
+    d_t = (case.x_true.double() - reference.double()) ** 2
+    out = {name: float(d_s[:, cls == i].sum(1).mean() - d_t[cls == i].sum()) for i, name in enumerate(PIXEL_CLASSES)}
+    out["all"] = float(d_s.flatten(1).sum(1).mean() - d_t.sum())
+    return out
+
+
+def _per_case(case: CalibrationCase, x: torch.Tensor, generator: torch.Generator,
+              reference: torch.Tensor | None = None) -> dict:
     """Per-truth statistics of samples ``x`` (n, C, H, W): chi^2 per sample, coverage flags
-    per pixel, ranks of scalar summaries and of galaxy pixels (ties broken with ``generator``)."""
+    per pixel, ranks of scalar summaries and of galaxy pixels (ties broken with ``generator``)
+    and, with a TARP ``reference`` (C, H, W), the distance excess (:func:`_distance_excess`)."""
     p = case.problem
     with torch.no_grad():
         flux = p.to_flux(x.double().clamp(-20, 20))
@@ -286,6 +315,7 @@ def _per_case(case: CalibrationCase, x: torch.Tensor, generator: torch.Generator
     cls = _pixel_class(case)
     g = generator
     return {"chi2": chi2, "inside": inside, "cls": cls,
+            "distance_excess": None if reference is None else _distance_excess(case, x, flux, reference),
             "rank_flux": int(rank_statistics(case.flux_true.sum(), flux.sum((1, 2, 3)), g)),
             "rank_radius": int(rank_statistics(_half_light_radius(case.flux_true), _half_light_radius(flux), g)),
             "rank_pixels": rank_statistics(case.x_true.double(), x.double(), g)[cls == 2].numpy()}
@@ -296,7 +326,8 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
     """Calibration statistics (module docstring) of ``draws[k]`` (n, C, H, W) for ``cases[k]``;
     rank ties of case k are broken with a generator seeded ``seed * 100_003 + k``."""
     n = int(draws[0].shape[0])
-    per = [_per_case(c, x, torch.Generator().manual_seed(seed * 100_003 + k))
+    per = [_per_case(c, x, torch.Generator().manual_seed(seed * 100_003 + k),
+                     cases[k - 1].x_true if len(cases) >= 2 else None)  # the reference of prior_references
            for k, (c, x) in enumerate(zip(cases, draws))]
     chi2 = np.concatenate([r["chi2"] for r in per])
     target = finite_sample_coverage(n)
@@ -317,13 +348,26 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
     if len(cases) >= 2:
         alpha, ecp, dev = tarp_prior(samples, truths, seed=seed)
         out.update(tarp_max_dev=dev, tarp_alpha=alpha.tolist(), tarp_ecp=ecp.tolist(), tarp_references=TARP_REFERENCES,
-                   tarp_null_95=float(np.quantile(tarp_null(len(cases), n, reps=null_reps, seed=seed), 0.95)))
+                   tarp_null_95=float(np.quantile(tarp_null(len(cases), n, reps=null_reps, seed=seed), 0.95)),
+                   tarp_distance_excess=_excess_summary([r["distance_excess"] for r in per]))
     for key in ("rank_flux", "rank_radius"):
         ranks = np.array([r[key] for r in per])
         out[key] = np.bincount(ranks, minlength=n + 1).tolist()
         out[f"{key}_uniform_p"] = _uniformity_p(ranks, n)
     pix = np.concatenate([r["rank_pixels"] for r in per])
     out["rank_pixels_galaxy"] = np.bincount(pix, minlength=n + 1).tolist() if pix.size else []
+    return out
+
+
+def _excess_summary(rows: Sequence[dict]) -> dict:
+    """Mean, standard error and z-score (mean / standard error; None where every truth gives
+    0, e.g. a class without pixels) over truths of each key of :func:`_distance_excess`
+    [prior-space units^2]."""
+    out = {}
+    for key in rows[0]:
+        v = np.array([r[key] for r in rows], dtype=np.float64)
+        sem = float(v.std(ddof=1) / math.sqrt(len(v)))
+        out[key] = {"mean": float(v.mean()), "sem": sem, "z": float(v.mean() / sem) if sem > 0 else None}
     return out
 
 
