@@ -291,3 +291,14 @@ def test_flux_scale_does_not_depend_on_the_truth():
     assert totals[1] / totals[0] == pytest.approx(2.0, rel=1e-4)
     assert totals[0] == pytest.approx(s_ref * float(unstretch(x[0].double(), P.asinh_a)[-1].sum()), rel=1e-9)
     assert 0 < sbc.reference_total(P) < P.flux_norm
+
+
+def test_manuscript_variables_per_magnitude():
+    """Per-magnitude variables of a calibration record, the distance excess's z-score rounded to
+    0.1; NaN where the record lacks a figure."""
+    b = {"chi2_sample_median": 1.004, "coverage_68": 0.4123, "tarp_max_dev": 0.2, "tarp_null_95": 0.33,
+         "tarp_distance_excess": {"all": {"mean": 1.0, "sem": 0.3, "z": 3.14159}}}
+    rec = {"prior_draws": {"mmps": {"n_truths": 3, "by_mag": {"18": b, "20": {**b, "tarp_distance_excess": {}}}}}}
+    v = sbc.manuscript_variables(rec)
+    assert v["CalPriorTarpExcessZEighteen"] == 3.1 and v["CalPriorChiEighteen"] == 1.0
+    assert math.isnan(v["CalPriorTarpExcessZTwenty"]) and math.isnan(v["CalHeldN"])

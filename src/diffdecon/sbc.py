@@ -399,7 +399,9 @@ _WORDS = {"18": "Eighteen", "20": "Twenty", "22": "TwentyTwo"}
 
 def manuscript_variables(record: dict) -> dict:
     """LaTeX variables (``\\CalPriorChi``, ``\\CalHeldCovGalaxy``, ...) of a calibration record
-    (the JSON of ``bench/bench_calibration.py``); NaN where the record lacks them."""
+    (the JSON of ``bench/bench_calibration.py``); NaN where the record lacks them. Per
+    magnitude, ``Cal<set>TarpExcessZ<mag>`` is the z-score of the whole-image distance excess
+    behind TARP (``tarp_distance_excess``, module docstring)."""
     out = {}
     for kind, word in (("prior_draws", "Prior"), ("heldout", "Held")):
         r = record.get(kind, {}).get("mmps", {})
@@ -418,6 +420,8 @@ def manuscript_variables(record: dict) -> dict:
                 out[f"Cal{word}Cov{m}"] = round(float(b["coverage_68"]), 3)
                 out[f"Cal{word}Tarp{m}"] = round(float(b.get("tarp_max_dev", float("nan"))), 3)
                 out[f"Cal{word}TarpNull{m}"] = round(float(b.get("tarp_null_95", float("nan"))), 3)
+                z = b.get("tarp_distance_excess", {}).get("all", {}).get("z")
+                out[f"Cal{word}TarpExcessZ{m}"] = round(float(z), 1) if z is not None else float("nan")
     return out
 
 
