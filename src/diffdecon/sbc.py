@@ -326,8 +326,10 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
     """Calibration statistics (module docstring) of ``draws[k]`` (n, C, H, W) for ``cases[k]``;
     rank ties of case k are broken with a generator seeded ``seed * 100_003 + k``."""
     n = int(draws[0].shape[0])
+    truths = np.stack([to_numpy(c.x_true.flatten()) for c in cases])
+    refs = prior_references(truths) if len(cases) >= 2 else None  # TARP's references, also of the distance excess
     per = [_per_case(c, x, torch.Generator().manual_seed(seed * 100_003 + k),
-                     cases[k - 1].x_true if len(cases) >= 2 else None)  # the reference of prior_references
+                     None if refs is None else torch.from_numpy(refs[k]).view(c.x_true.shape))
            for k, (c, x) in enumerate(zip(cases, draws))]
     chi2 = np.concatenate([r["chi2"] for r in per])
     target = finite_sample_coverage(n)
@@ -344,7 +346,6 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
     cls = torch.cat([r["cls"].flatten() for r in per])
     out["pixel_fraction"] = {name: float((cls == i).double().mean()) for i, name in enumerate(PIXEL_CLASSES)}
     samples = np.stack([to_numpy(x.flatten(1)) for x in draws], axis=1)  # (n, n_truths, d)
-    truths = np.stack([to_numpy(c.x_true.flatten()) for c in cases])
     if len(cases) >= 2:
         alpha, ecp, dev = tarp_prior(samples, truths, seed=seed)
         out.update(tarp_max_dev=dev, tarp_alpha=alpha.tolist(), tarp_ecp=ecp.tolist(), tarp_references=TARP_REFERENCES,
