@@ -117,14 +117,25 @@ class InverseProblem:
         """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
         iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
         for the diagonal covariances the Jacobi preconditioner of the CG solve
-        (:meth:`normal_diagonal`) and the trust region of the linearised step (:attr:`max_step`)."""
+        (:meth:`normal_diagonal`), the trust region of the linearised step (:attr:`max_step`) and
+        the closed-form linearisation (:meth:`linearised`)."""
         P = self.profile
         covariance = P.mmps_covariance if covariance is None else covariance
         kw: dict[str, Any] = {"cg_iters": P.cg_iters, "spacing": P.time_spacing, "covariance": covariance,
                               "x0_clip": X0_RANGE}
         if covariance != "tweedie":
-            kw.update(precond=self.normal_diagonal, max_step=self.max_step)
+            kw.update(precond=self.normal_diagonal, max_step=self.max_step, linearise=self.linearised)
         return kw
+
+    def linearised(self, x: torch.Tensor):
+        """``forward`` linearised at prior-space ``x`` (B, C, H, W) in closed form:
+        ``(A(s unstretch(x)), u -> A (d u), v -> d A^T v)`` with ``d = s unstretch'(x)``
+        [flux per prior-space unit], the ``linearise`` of :func:`diffdecon.mmps.mmps`
+        (the products autograd would give, without its graph: tested against it)."""
+        x = x.detach()
+        d = self.scale * unstretch_derivative(x, self.profile.asinh_a)
+        op = self.operator
+        return self.forward(x).detach(), (lambda u: op.A(d * u)), (lambda v: d * op.A_adjoint(v))
 
     @property
     def max_step(self) -> float:
