@@ -105,6 +105,29 @@ def test_column_norms_match_brute_force(z):
     assert float((got - brute).abs().max() / brute.max()) < 1e-4
 
 
+def test_cg_tolerance_stops_early_and_meets_it():
+    """With ``tol`` CG stops once every preconditioned residual has fallen by ``tol`` (fewer
+    products than the cap) and the solution is then as close to the exact one as the
+    residual allows; ``tol=None`` runs the cap."""
+    g = torch.Generator().manual_seed(1)
+    B = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    M = torch.eye(30, dtype=torch.float64) + B.T @ B
+    b = torch.randn(2, 30, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(M, b.T).T
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return v @ M
+
+    u = _cg(matvec, b, 500, tol=1e-8)
+    assert len(calls) < 100
+    assert float((u - exact).norm() / exact.norm()) < 1e-6
+    calls.clear()
+    _cg(matvec, b, 40)
+    assert len(calls) == 40
+
+
 def test_normal_diagonal_is_the_linearised_diagonal():
     """InverseProblem.normal_diagonal = diag(J^T A^T Sigma^-1 A J) of the stretched forward
     model at x, against the dense Jacobian of problem.forward (1e-4 relative)."""
@@ -173,6 +196,8 @@ def test_bad_arguments(problem):
         mmps(prior, y, forward, SIGMA_Y, g, 2, steps=2, covariance="diagonal", progress=False)
     with pytest.raises(ValueError, match="precond"):
         mmps(prior, y, forward, SIGMA_Y, g, 2, steps=2, covariance="tweedie", precond=lambda d: d, progress=False)
+    with pytest.raises(ValueError, match="cg_tol"):
+        mmps(prior, y, forward, SIGMA_Y, g, 2, steps=2, cg_tol=2.0, progress=False)
     with pytest.raises(ValueError, match="linearise"):
         mmps(prior, y, forward, SIGMA_Y, g, 2, steps=2, covariance="tweedie", linearise=lambda d: d, progress=False)
     with pytest.raises(ValueError, match="cg_iters"):

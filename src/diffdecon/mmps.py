@@ -57,16 +57,19 @@ COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES
 """Accepted values of the ``covariance`` argument of :func:`mmps` (:data:`diffdecon.config.MMPS_COVARIANCES`)."""
 
 
-def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None) -> torch.Tensor:
+def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None, tol: float | None = None) -> torch.Tensor:
     """Batched (preconditioned) conjugate gradients for ``M u = b``, ``M`` symmetric positive
     definite and block diagonal over the batch (one system per sample: per-sample scalars).
-    ``m_inv``: the inverse of a diagonal preconditioner, shaped like ``b`` (or ``None``)."""
+    ``m_inv``: the inverse of a diagonal preconditioner, shaped like ``b`` (or ``None``).
+    ``tol``: stop before ``iters`` once every system's preconditioned residual norm
+    ``sqrt(r^T m_inv r)`` is below ``tol`` times its initial value (None: run all ``iters``)."""
     tiny = torch.finfo(b.dtype).tiny
     u = torch.zeros_like(b)
     res = b.clone()
     z = res if m_inv is None else m_inv * res
     p = z.clone()
     rz = _bdot(res, z)
+    stop = None if tol is None else tol**2 * rz
     for _ in range(iters):
         Mp = matvec(p)
         pMp = _bdot(p, Mp)
@@ -78,6 +81,8 @@ def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None) -> torch.Tensor:
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
         p = z + beta * p
         rz = rz_new
+        if stop is not None and bool((rz <= stop).all()):
+            break
     return u
 
 
@@ -131,7 +136,7 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
                       generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None,
                       variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                      linearise: Callable[[torch.Tensor], tuple] | None = None):
+                      linearise: Callable[[torch.Tensor], tuple] | None = None, cg_tol: float | None = None):
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
     :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
@@ -163,7 +168,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     ``linearise``: a callable ``D -> (A(D), u -> A_D u, v -> A_D^T v)`` giving ``forward``
     linearised at ``D`` in closed form (e.g. :meth:`diffdecon.problem.InverseProblem.linearised`);
     without it the products come from autograd (:func:`_linearised`), which gives the same
-    values to float rounding at about twice the cost of a CG iteration.
+    values to float rounding at about twice the cost of a CG iteration. ``cg_tol``: stop CG
+    early once the preconditioned residual has fallen by that factor (:func:`_cg`).
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
@@ -189,7 +195,7 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
             return v_inv(v) + vjp_A(jvp_A(v) / s2)
 
         m_inv = None if precond is None else 1.0 / (1.0 / c + precond(D).to(D.dtype))
-        delta = _cg(matvec, b.detach(), cg_iters, m_inv)
+        delta = _cg(matvec, b.detach(), cg_iters, m_inv, cg_tol)
     delta = delta.detach() if max_step is None else delta.detach().clamp(-max_step, max_step)
     return _clip(D + delta, x0_clip), D
 
@@ -232,7 +238,7 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=
     return x0_post.detach(), D.detach()
 
 
-def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=None) -> None:
+def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=None, cg_tol=None) -> None:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     if not 0.0 <= eta <= 1.0:
@@ -243,6 +249,8 @@ def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=
         raise ValueError(f"covariance={covariance!r}: expected one of {', '.join(COVARIANCES)}")
     if precond is not None and covariance == "tweedie":
         raise ValueError("precond is used by the diagonal covariances only; pass precond=None with 'tweedie'")
+    if cg_tol is not None and not (isinstance(cg_tol, (int, float)) and 0.0 < cg_tol < 1.0):
+        raise ValueError(f"cg_tol={cg_tol!r}: expected None or a float in (0, 1)")
     if linearise is not None and covariance == "tweedie":
         raise ValueError("linearise is used by the diagonal covariances only; pass linearise=None with 'tweedie'")
     if variance is not None and covariance != "empirical":
@@ -272,6 +280,7 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     spacing: str = "linear",
     linearise: Callable[[torch.Tensor], tuple] | None = None,
+    cg_tol: float | None = None,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -289,12 +298,14 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     coarse time grid), ``variance`` (``"empirical"`` only: a callable ``(D, t) -> V_t``;
     default :func:`diffdecon.denoiser_variance.of_prior` of ``prior``), the ``spacing`` of
     the respaced times (:func:`diffdecon.samplers.timesteps`) and ``linearise`` (diagonal
-    covariances only: ``forward`` linearised in closed form, :func:`mmps_isotropic_x0`).
+    covariances only: ``forward`` linearised in closed form, :func:`mmps_isotropic_x0`) and
+    ``cg_tol`` (diagonal covariances only: CG stops once its preconditioned residual has fallen
+    by that factor, at most ``cg_iters`` iterations; None runs them all).
 
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
-    _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise)
+    _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol)
     if covariance == "empirical" and variance is None:
         from .denoiser_variance import of_prior
 
@@ -305,7 +316,7 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
         if covariance != "tweedie":
             g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
-                                           max_step, variance, linearise)
+                                           max_step, variance, linearise, cg_tol)
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
         z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None
