@@ -297,7 +297,7 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     ``p(x_0 | x_t, y)``, otherwise from its mean, which under-disperses the samples on a
     coarse time grid), ``variance`` (``"empirical"`` only: a callable ``(D, t) -> V_t``;
     default :func:`diffdecon.denoiser_variance.of_prior` of ``prior``), the ``spacing`` of
-    the respaced times (:func:`diffdecon.samplers.timesteps`) and ``linearise`` (diagonal
+    the respaced times (:func:`diffdecon.samplers.timesteps`), ``linearise`` (diagonal
     covariances only: ``forward`` linearised in closed form, :func:`mmps_isotropic_x0`) and
     ``cg_tol`` (diagonal covariances only: CG stops once its preconditioned residual has fallen
     by that factor, at most ``cg_iters`` iterations; None runs them all).

@@ -133,7 +133,7 @@ class InverseProblem:
         [flux per prior-space unit], the ``linearise`` of :func:`diffdecon.mmps.mmps`
         (the products autograd would give, without its graph: tested against it)."""
         x = x.detach()
-        d = self.scale * unstretch_derivative(x, self.profile.asinh_a)
+        d = self.flux_derivative(x)
         op = self.operator
         return self.forward(x).detach(), (lambda u: op.A(d * u)), (lambda v: d * op.A_adjoint(v))
 
@@ -161,8 +161,12 @@ class InverseProblem:
         if norms is None:
             norms = self.operator.column_norms_sq() / self.sigma.detach().double().cpu().view(-1, 1, 1) ** 2
             self._column_norms = norms
-        ds = self.scale * unstretch_derivative(x.detach(), self.profile.asinh_a)
-        return ds**2 * norms.to(device=x.device, dtype=x.dtype)
+        return self.flux_derivative(x) ** 2 * norms.to(device=x.device, dtype=x.dtype)
+
+    def flux_derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """``d = s unstretch'(x)`` at prior-space ``x``, the diagonal Jacobian of :meth:`to_flux`
+        [flux per model px per prior-space unit], detached."""
+        return self.scale * unstretch_derivative(x.detach(), self.profile.asinh_a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Prior space ``x`` (B, C, H, W) -> observation flux ``A(s * unstretch(x))``
