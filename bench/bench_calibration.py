@@ -2,8 +2,9 @@
 """Calibration where the answer is known (simulation-based calibration) -> results/calibration.json.
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
-                                      [--steps S] [--cg-iters K] [--covariance C] [--mags 18 20 22]
-                                      [--threads 2]
+                                      [--steps S] [--cg-iters K] [--cg-tol T] [--covariance C]
+                                      [--x0-draw on|off] [--mags 18 20 22] [--variants draw mean]
+                                      [--threads 2] [--output PATH]
 
 Truths drawn from the prior itself and held-out synthetic galaxies are observed through the
 HSC-like forward model at the paper's low redshifts and at the magnitudes given, and inverted
@@ -33,10 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=4, help="posterior samples per truth (default 4)")
     ap.add_argument("--steps", type=int, default=None, help="MMPS steps (default: the profile's)")
     ap.add_argument("--cg-iters", type=int, default=None, help="CG iterations per step (default: the profile's)")
+    ap.add_argument("--cg-tol", type=float, default=None,
+                    help="CG tolerance (default: the profile's; 0 runs all --cg-iters)")
+    ap.add_argument("--x0-draw", choices=["profile", "on", "off"], default="profile",
+                    help="the profile's x0_draw for this run (default: as the profile sets it): it selects the "
+                         "sampler's step and the chain the prior-drawn truths come from")
     ap.add_argument("--mags", type=float, nargs="+", default=[18.0, 20.0, 22.0], help="total i magnitudes [AB]")
-    ap.add_argument("--variants", nargs="+", default=["mean", "draw"], choices=["mean", "draw"],
-                    help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) (the default sampler) and/or "
-                         "from a draw of it (x0_draw=True)")
+    ap.add_argument("--variants", nargs="+", default=None, choices=["mean", "draw"],
+                    help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) and/or from a draw of it "
+                         "(x0_draw=True); default: the profile's. The profile's is recorded as 'mmps', the "
+                         "other as 'mmps_x0mean' or 'mmps_x0draw'")
     ap.add_argument("--covariance", default=None, choices=list(MMPS_COVARIANCES),
                     help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES)")
     ap.add_argument("--threads", type=int, default=2)
@@ -55,19 +62,30 @@ def main(argv: list[str] | None = None) -> int:
     prior.eval().requires_grad_(False)
     st = validation.sampler_settings(args.profile)
     P = config.get_profile(args.profile)
+    if args.x0_draw != "profile":  # the sampler's chain, and so the truths' (reference_samples.prior_samples)
+        import dataclasses
+
+        P = dataclasses.replace(P, x0_draw=args.x0_draw == "on")
+        prior.profile = P
+    cg_tol = P.cg_tol if args.cg_tol is None else (args.cg_tol or None)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
-                "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing}
+                "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing, "cg_tol": cg_tol}
+    own = "draw" if P.x0_draw else "mean"
+    variants = args.variants or [own]
     reference = mock.hsc_reference()
     default = "calibration.json" if args.profile == "quick" else f"calibration_{args.profile}.json"
     out = Path(args.output) if args.output else paths.RESULTS / default
     record = {"profile": args.profile, "sampler": "mmps", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "torch_threads": args.threads, "checkpoint_sha256": prior.checkpoint_sha256,
-              "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance, {P.time_spacing} time spacing, step "
-                                   "from the posterior mean of x0 (default)",
-                           "mmps_x0draw": "the same, step from a draw of the Gaussian p(x0 | x_t, y)"}}
+              "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance, {P.time_spacing} time spacing, "
+                                   f"{settings['cg_iters']} CG at most (tolerance {cg_tol}), step from "
+                                   f"{'a draw' if own == 'draw' else 'the mean'} of the Gaussian p(x0 | x_t, y) "
+                                   "(the profile's sampler)",
+                           f"mmps_x0{'mean' if own == 'draw' else 'draw'}":
+                               f"the same, step from {'the mean' if own == 'draw' else 'a draw'} of it"}}
     for kind, n in (("prior_draws", args.truths), ("heldout", args.heldout)):
-        for variant in args.variants if n else ():
-            name = "mmps" if variant == "mean" else "mmps_x0draw"
+        for variant in variants if n else ():
+            name = "mmps" if variant == own else f"mmps_x0{variant}"
             t0 = time.perf_counter()
             rec = sbc.run_calibration(prior, kind, n, args.samples, {**settings, "x0_draw": variant == "draw"},
                                       args.mags, validation.PAPER_LOW_Z, reference)

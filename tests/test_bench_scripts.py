@@ -257,3 +257,24 @@ def test_gpu_run_script_smoke_on_the_cpu(tmp_path):
     assert time.perf_counter() - t0 < 180
     assert (tmp_path / "bench_sampling_smoke_cpu.json").exists()
     assert list(tmp_path.glob("smoke_candidate.tar.part-*"))
+
+
+def test_calibration_bench_records_the_sampler_it_ran(monkeypatch, tmp_path, smoke_gaussian_prior):
+    """bench_calibration.py on the smoke stand-in prior: the profile's sampler is recorded as
+    ``mmps`` with its settings; ``--x0-draw on`` switches the step and the truths' chain, and
+    the other variant is recorded under its own name."""
+    from diffdecon import prior as prior_mod
+
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prior_mod, "load_prior", lambda profile: smoke_gaussian_prior)
+    bench = _load("bench/bench_calibration.py")
+    out = tmp_path / "cal.json"
+    args = ["--profile", "smoke", "--truths", "2", "--heldout", "0", "--samples", "2", "--threads", "1"]
+    assert bench.main(args + ["--x0-draw", "on", "--variants", "draw", "mean", "--cg-tol", "0.01",
+                              "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    runs = rec["prior_draws"]
+    assert set(runs) == {"mmps", "mmps_x0mean"}
+    assert runs["mmps"]["settings"]["x0_draw"] is True and runs["mmps_x0mean"]["settings"]["x0_draw"] is False
+    assert runs["mmps"]["settings"]["cg_tol"] == 0.01 and runs["mmps"]["truth_chain"] == "ancestral, x0 drawn"
+    assert "heldout" not in rec

@@ -83,6 +83,20 @@ def test_from_mock_matches_operator(smoke_mock):
     assert pb.scale == pytest.approx(float(s), rel=0.04)
 
 
+def test_mmps_defaults_carry_the_profiles_solver_settings(smoke_mock):
+    import dataclasses
+
+    pb = problem.from_mock(smoke_mock, "smoke")
+    kw = pb.mmps_defaults()
+    P = pb.profile
+    assert (kw["cg_iters"], kw["cg_tol"], kw["x0_draw"], kw["covariance"]) == (P.cg_iters, P.cg_tol, P.x0_draw,
+                                                                              P.mmps_covariance)
+    pb2 = dataclasses.replace(pb, profile=dataclasses.replace(P, cg_tol=1e-3, x0_draw=False))
+    kw2 = pb2.mmps_defaults()
+    assert (kw2["cg_tol"], kw2["x0_draw"]) == (1e-3, False)
+    assert "cg_tol" not in pb.mmps_defaults("tweedie")  # the Jacobian covariance solves without them
+
+
 
 def test_prepare_target_real(present_targets, hsc_root):
     for name in present_targets:

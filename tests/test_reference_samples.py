@@ -44,3 +44,20 @@ def test_defaults_and_errors(smoke_gaussian_prior, tmp_path, monkeypatch, capsys
         reference_samples.prior_samples(smoke_gaussian_prior, n=2, steps=2, method="euler")
     with pytest.raises(ValueError, match="accepted: positive integers"):
         reference_samples.prior_samples(smoke_gaussian_prior, n=0, steps=2)
+
+
+def test_the_chain_follows_the_profiles_x0_draw(hashed_prior, capsys):
+    """The ``ancestral`` reference is the posterior sampler's chain without data: with the
+    profile's ``x0_draw`` each step starts from a draw of N(D, V_t), a cache product of its
+    own (tag ``draw``, inputs naming the covariance); without it (the default), from D."""
+    import dataclasses
+
+    assert not hashed_prior.profile.x0_draw
+    mean = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
+    hashed_prior.profile = dataclasses.replace(hashed_prior.profile, x0_draw=True)
+    drawn = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
+    assert capsys.readouterr().out.count("recomputed: prior samples") == 2 and not torch.equal(drawn, mean)
+    files = sorted(p.name for p in (reference_samples.paths.cache_dir() / "prior_samples").glob("*.npy"))
+    assert [("quaddraw4" in f, "quad4" in f) for f in files] == [(False, True), (True, False)]
+    # the draws add the denoiser's own spread: the chain from D is narrower about the prior mean
+    assert float(mean.std(0).mean()) < float(drawn.std(0).mean())

@@ -298,7 +298,9 @@ def test_manuscript_variables_per_magnitude():
     0.1; NaN where the record lacks a figure."""
     b = {"chi2_sample_median": 1.004, "coverage_68": 0.4123, "tarp_max_dev": 0.2, "tarp_null_95": 0.33,
          "tarp_distance_excess": {"all": {"mean": 1.0, "sem": 0.3, "z": 3.14159}}}
-    rec = {"prior_draws": {"mmps": {"n_truths": 3, "by_mag": {"18": b, "20": {**b, "tarp_distance_excess": {}}}}}}
+    rec = {"prior_draws": {"mmps": {"n_truths": 3, "by_mag": {"18": b, "20": {**b, "tarp_distance_excess": {}}},
+                                    "settings": {"steps": 20, "cg_iters": 240, "cg_tol": 1e-4}}}}
     v = sbc.manuscript_variables(rec)
+    assert (v["CalPriorSteps"], v["CalPriorCgIters"], v["CalPriorCgTol"]) == (20, 240, 1e-4)
     assert v["CalPriorTarpExcessZEighteen"] == 3.1 and v["CalPriorChiEighteen"] == 1.0
     assert math.isnan(v["CalPriorTarpExcessZTwenty"]) and math.isnan(v["CalHeldN"])

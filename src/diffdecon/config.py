@@ -105,7 +105,15 @@ class Profile:
         Steps of the posterior samplers (DPS as published uses ``diffusion_steps``).
     cg_iters : int
         Conjugate-gradient iterations per MMPS step (each a product by ``A`` and by ``A^T``;
-        the network is not involved with the diagonal covariances).
+        the network is not involved with the diagonal covariances); with ``cg_tol`` the most.
+    cg_tol : float or None
+        CG stops once its preconditioned residual has fallen by this factor (``cg_tol`` of
+        :func:`diffdecon.mmps.mmps`); None runs all ``cg_iters``.
+    x0_draw : bool
+        MMPS steps start from a draw of the Gaussian ``p(x_0 | x_t, y)`` rather than from its
+        mean (``x0_draw`` of :func:`diffdecon.mmps.mmps`): the transition
+        ``int q(x_s | x_t, x_0) p(x_0 | x_t, y) dx_0`` itself, which the mean under-disperses
+        on a coarse time grid.
     time_spacing : str
         Spacing of the sampling times, one of :data:`TIME_SPACINGS`
         (:func:`diffdecon.samplers.timesteps`); ``"quadratic"`` puts the steps at low noise.
@@ -140,6 +148,8 @@ class Profile:
     diffusion_steps: int = 1000
     prediction: str = "epsilon"
     cg_iters: int = 20
+    cg_tol: float | None = None
+    x0_draw: bool = False
     time_spacing: str = "quadratic"
     mmps_covariance: str = "empirical"
     bands: tuple[str, ...] = BANDS
@@ -158,6 +168,8 @@ class Profile:
             raise InputValueError("prediction", self.prediction, ", ".join(PREDICTIONS))
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputValueError("lr_schedule", self.lr_schedule, ", ".join(LR_SCHEDULES))
+        if self.cg_tol is not None and not 0.0 < self.cg_tol < 1.0:
+            raise InputValueError("cg_tol", self.cg_tol, "None or a float in (0, 1)")
         if not 0 <= self.shift_start_fraction <= 1:
             raise InputValueError("shift_start_fraction", self.shift_start_fraction, "a fraction of the run in [0, 1]")
         if self.time_spacing not in TIME_SPACINGS:
@@ -215,8 +227,10 @@ PROFILES: dict[str, Profile] = {
         lr=3e-4, lr_schedule="cosine", lr_warmup_steps=100, shift_start_fraction=0.0,
         # Posterior sampling dominates the notebooks' CPU time: an MMPS step costs one network
         # evaluation plus cg_iters products by A and A^T. The CG solve of a bright galaxy
-        # (i ~ 18) is the slowest to converge: below some tens of iterations its samples do not
-        # fit the data (bench/bench_calibration.py measures the settings).
+        # (i ~ 18) is the slowest to converge: its residual still stands at 1e-3 of its start
+        # after 60 iterations, and the samples are then too wide there; 240 iterations (or a
+        # tolerance, cg_tol) bring i = 18 into calibration but not i = 22, and cost twice the
+        # notebooks' sampling time (bench/bench_calibration.py measures the settings; README).
         sampling_steps=20, cg_iters=60, n_posterior=16, n_prior=64, n_mock=8,
     ),
     "paper": Profile(

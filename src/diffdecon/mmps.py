@@ -37,6 +37,10 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
   ``(1 / c_t + diag(A^T Sigma_y^-1 A))^-1`` is supplied by the caller (``precond``): the
   columns of a flux-space operator seen through the asinh stretch differ in norm by
   orders of magnitude, and unpreconditioned CG stalls on them.
+
+:func:`mmps_prior` runs the same loop without data: the prior as the posterior sampler sees
+it, from which the reference samples of the variance ratio and the truths of the calibration
+are drawn (:mod:`diffdecon.reference_samples`).
 """
 
 from __future__ import annotations
@@ -48,10 +52,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import MMPS_COVARIANCES
-from .samplers import (Generator, _alphas_cumprod, _bdot, _clip, _ddim_step, _posterior_setup, _randn,
-                       _time_batch)
+from .samplers import (Generator, _alphas_cumprod, _bdot, _check_generator, _clip, _ddim_step, _Divergence,
+                       _posterior_setup, _prior_dtype_device, _randn, _sample_shape, _step_coefficients, _time_batch,
+                       timesteps)
 
-__all__ = ["COVARIANCES", "mmps", "mmps_x0", "mmps_isotropic_x0"]
+__all__ = ["COVARIANCES", "mmps", "mmps_prior", "mmps_x0", "mmps_isotropic_x0"]
 
 COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES
 """Accepted values of the ``covariance`` argument of :func:`mmps` (:data:`diffdecon.config.MMPS_COVARIANCES`)."""
@@ -130,6 +135,26 @@ def _inverse_covariance(c, offset_at, t: int, D: torch.Tensor):
         return (xi - gamma * u_hat * (u_hat * xi).sum((-2, -1), keepdim=True)) / c**0.5
 
     return v_inv, v_inv_half
+
+
+def _covariance_sqrt(c, offset_at, t: int, D: torch.Tensor):
+    """Product by a square root ``S`` of ``V_t`` (``S S^T = V_t``) for ``V_t = diag(c) + lambda_t 1 1^T``
+    per band and sample (as :func:`_inverse_covariance`): with ``u = c^-1/2 1``,
+    ``V = c^1/2 (I + lambda |u|^2 u_hat u_hat^T) c^1/2``, so
+    ``S xi = c^1/2 (xi + (sqrt(1 + lambda |u|^2) - 1) u_hat (u_hat . xi))``."""
+    lam = None if offset_at is None else offset_at(t)
+    if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
+        return lambda xi: xi * c**0.5
+    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)
+    lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
+    u2 = (1.0 / c).sum((-2, -1), keepdim=True)
+    k = (1.0 + lam * u2) ** 0.5 - 1.0
+
+    def s_times(xi):
+        u_hat = c**-0.5 / u2**0.5
+        return (xi + k * u_hat * (u_hat * xi).sum((-2, -1), keepdim=True)) * c**0.5
+
+    return s_times
 
 
 def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 10, x0_clip=None,
@@ -322,4 +347,71 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
         z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None
         x = _ddim_step(x, x0_post, float(a_t[i]), float(a_prev[i]), z, eta)
         x = div.check(x, i, t)
+    return div.finish(x.detach())
+
+
+def mmps_prior(  # the loop of mmps without data
+    prior: Any,
+    generator: Generator,
+    n: int,
+    steps: int = 100,
+    eta: float = 1.0,
+    shape: Sequence[int] | None = None,
+    progress: bool = True,
+    x0_clip=None,
+    covariance: str = "empirical",
+    x0_draw: bool = True,
+    v0: float = 1.0,
+    max_step: float | None = None,
+    variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    spacing: str = "linear",
+) -> torch.Tensor:
+    """The chain of :func:`mmps` when the data carry no information (``A = 0``): unconditional
+    prior samples as the posterior sampler sees the prior, so that a posterior sample without
+    data is one of these (the reference of variance ratios and the truths of simulation-based
+    calibration, :mod:`diffdecon.reference_samples`).
+
+    Each step's ``x0`` is a draw of ``N(D, V_t)`` (``x0_draw``, ``V_t`` of ``covariance``, one of
+    the diagonal covariances, as in :func:`mmps_isotropic_x0`: ``D + S xi``, ``S S^T = V_t``,
+    ``|S xi|`` bounded by ``max_step`` and the result clipped to ``x0_clip`` like the posterior
+    step) or ``D`` itself (``x0_draw=False``: :func:`diffdecon.samplers.ddim_sample`), followed
+    by the DDIM step with ``eta``. Parameters as :func:`mmps`. Returns ``(n, C, H, W)``
+    prior-space samples.
+    """
+    if covariance not in COVARIANCES or covariance == "tweedie":
+        raise ValueError(f"covariance={covariance!r}: expected one of "
+                         f"{', '.join(c for c in COVARIANCES if c != 'tweedie')} (a diagonal covariance)")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: expected a positive int")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
+    if variance is not None and covariance != "empirical":
+        raise ValueError(f"variance is used by covariance='empirical' only, got covariance={covariance!r}")
+    if covariance == "empirical" and variance is None and x0_draw:
+        from .denoiser_variance import of_prior
+
+        variance = of_prior(prior, progress=progress)
+    _check_generator(generator, n)
+    abar = _alphas_cumprod(prior)
+    ts = timesteps(abar.numel(), steps, spacing)
+    a_t, a_prev = _step_coefficients(abar, ts)
+    chw = _sample_shape(prior, shape)
+    dtype, device = _prior_dtype_device(prior)
+    x = _randn((n, *chw), generator, dtype, device)  # x_T ~ N(0, I)
+    div = _Divergence(n, "raise", "mmps_prior", float("inf"), device)  # NaN/inf only
+    for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps prior ({covariance})", disable=not progress, leave=False)):
+        with torch.no_grad():
+            D = _clip(prior.x0_hat(x, _time_batch(t, n, device)), x0_clip)
+            x0 = D
+            if x0_draw and a_prev[i] < 1:  # the last step returns the mean, as in mmps
+                a = float(abar[t])
+                c = (1.0 - a) * v0 / (a * v0 + 1.0 - a) if variance is None else variance(D, t)
+                s_times = _covariance_sqrt(c, None if variance is None else getattr(variance, "offset_at", None),
+                                           t, D)
+                delta = s_times(_randn((n, *chw), generator, dtype, device))
+                if max_step is not None:
+                    delta = delta.clamp(-max_step, max_step)
+                x0 = _clip(D + delta, x0_clip)
+            z = _randn((n, *chw), generator, dtype, device) if a_prev[i] < 1 else None
+            x = div.check(_ddim_step(x, x0, float(a_t[i]), float(a_prev[i]), z, eta), i, t)
     return div.finish(x.detach())

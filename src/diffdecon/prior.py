@@ -273,6 +273,13 @@ def unstretch(x, a: float):
     return a * lib.sinh((x + 1) * math.asinh(1 / a) / 2)
 
 
+def x0_trust_region(a: float) -> float:
+    """Trust region of one linearised MMPS update of ``x0`` [prior-space units]: two e-foldings
+    of a bright pixel's flux, ``2 stretch_efold(a)`` (``max_step`` of :func:`diffdecon.mmps.mmps`;
+    :attr:`diffdecon.problem.InverseProblem.max_step`)."""
+    return 2.0 * stretch_efold(a)
+
+
 def stretch_efold(a: float) -> float:
     """Step in prior space that multiplies a bright pixel's flux by e: ``2 / asinh(1/a)``
     [prior-space units] (0.38 for ``a = 0.01``), the scale on which the stretched forward

@@ -37,7 +37,7 @@ from . import data, paths, physics
 from .background import background_level, estimate_noise_sigma
 from .config import BANDS, HSC_PIXEL_SCALE, Profile, get_profile
 from .cosmology import WINDOW_MARGIN, window_side
-from .prior import X0_RANGE, stretch_efold, unstretch, unstretch_derivative
+from .prior import X0_RANGE, unstretch, unstretch_derivative, x0_trust_region
 
 __all__ = ["InverseProblem", "prepare_observation", "prepare_target", "from_mock", "present_targets"]
 
@@ -116,7 +116,7 @@ class InverseProblem:
     def mmps_defaults(self, covariance: str | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
         iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
-        for the diagonal covariances the Jacobi preconditioner of the CG solve
+        for the diagonal covariances the CG tolerance, the draw of x0 (``x0_draw``), the Jacobi preconditioner of the CG solve
         (:meth:`normal_diagonal`), the trust region of the linearised step (:attr:`max_step`) and
         the closed-form linearisation (:meth:`linearised`)."""
         P = self.profile
@@ -124,7 +124,8 @@ class InverseProblem:
         kw: dict[str, Any] = {"cg_iters": P.cg_iters, "spacing": P.time_spacing, "covariance": covariance,
                               "x0_clip": X0_RANGE}
         if covariance != "tweedie":
-            kw.update(precond=self.normal_diagonal, max_step=self.max_step, linearise=self.linearised)
+            kw.update(precond=self.normal_diagonal, max_step=self.max_step, linearise=self.linearised,
+                      cg_tol=P.cg_tol, x0_draw=P.x0_draw)
         return kw
 
     def linearised(self, x: torch.Tensor):
@@ -143,7 +144,7 @@ class InverseProblem:
         bright pixel's flux (:func:`diffdecon.prior.stretch_efold`). Without it a pixel that
         the denoiser puts in the sky while the data make it bright can be pushed to the clip,
         with a flux hundreds of times the galaxy's."""
-        return 2.0 * stretch_efold(self.profile.asinh_a)
+        return x0_trust_region(self.profile.asinh_a)
 
     def sample_chi2(self, flux: torch.Tensor) -> np.ndarray:
         """Reduced chi^2 of every model image ``A(flux)`` against ``y``, all bands together

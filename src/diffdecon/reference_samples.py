@@ -15,12 +15,15 @@ import torch
 
 from . import cache, paths
 from .errors import InputValueError
+from .prior import x0_trust_region
 
 __all__ = ["METHODS", "prior_samples"]
 
 METHODS: tuple[str, ...] = ("ancestral", "ddim", "ddpm")
-"""``ancestral``: the posterior sampler's own chain without data (DDIM with eta = 1, i.e.
-ancestral steps with the small variance, on the profile's time spacing); ``ddim``:
+"""``ancestral``: the posterior sampler's own chain without data (:func:`diffdecon.mmps.mmps_prior`:
+DDIM with eta = 1, i.e. ancestral steps with the small variance, on the profile's time
+spacing, each from a draw of ``N(D, V_t)`` with the profile's covariance when its
+``x0_draw`` is set, otherwise from ``D``); ``ddim``:
 deterministic DDIM (eta = 0, linear spacing) from Gaussian x_T; ``ddpm``: ancestral sampling
 with the large variance beta_t (linear spacing)."""
 
@@ -73,7 +76,13 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
     def draw() -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            if method == "ancestral":
+            if method == "ancestral" and P.x0_draw:
+                from .mmps import mmps_prior
+
+                x = mmps_prior(prior, g, n, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
+                               covariance=P.mmps_covariance, x0_draw=True, max_step=x0_trust_region(P.asinh_a),
+                               spacing=P.time_spacing)
+            elif method == "ancestral":
                 x = samplers.ddim_sample(prior, n, g, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
                                          spacing=P.time_spacing)
             else:
@@ -86,12 +95,15 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
         print("[diffdecon] prior has no checkpoint hash: prior samples drawn, not cached")
         return draw()
     inputs = {"profile": P.name, "checkpoint_sha256": sha, "method": method, "n": n, "steps": steps, "seed": seed}
+    drawn = method == "ancestral" and P.x0_draw
     if method == "ancestral":
         inputs["spacing"] = P.time_spacing
+    if drawn:  # the x0 draws of the posterior sampler's chain (the denoiser variance follows the checkpoint)
+        inputs.update(x0_draw=True, covariance=P.mmps_covariance, max_step=x0_trust_region(P.asinh_a))
     if clip is not None:
         inputs["x0_clip"] = list(clip)
-    path = _cache_path(P.name, sha, method + (P.time_spacing[:4] if method == "ancestral" else ""), steps, n, seed,
-                       clip)
+    tag = (P.time_spacing[:4] + ("draw" if drawn else "")) if method == "ancestral" else ""
+    path = _cache_path(P.name, sha, method + tag, steps, n, seed, clip)
 
     def build(tmp: Path) -> None:
         np.save(tmp, draw().numpy())

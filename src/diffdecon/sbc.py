@@ -387,6 +387,8 @@ def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: d
     record = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str))},
               "mags": list(map(float, mags)), "redshifts": list(map(float, redshifts)), "wall_time_s": wall,
               "truth_source": kind, "reference": reference.source, **summarise(cases, draws, seed=seed)}
+    if kind == "prior_draws":  # which chain drew the truths (reference_samples.prior_samples)
+        record["truth_chain"] = "ancestral, x0 drawn" if prior.profile.x0_draw else "ancestral, x0 mean"
     record["by_mag"] = {}
     for mag in sorted(set(float(m) for m in mags)):
         idx = [k for k, c in enumerate(cases) if c.mag == mag]
@@ -408,6 +410,10 @@ def manuscript_variables(record: dict) -> dict:
         r = record.get(kind, {}).get("mmps", {})
         out[f"Cal{word}N"] = r.get("n_truths", float("nan"))
         out[f"Cal{word}Samples"] = r.get("n_samples", float("nan"))
+        st = r.get("settings", {})  # the sampler's steps, CG budget and tolerance
+        out[f"Cal{word}Steps"] = st.get("steps", float("nan"))
+        out[f"Cal{word}CgIters"] = st.get("cg_iters", float("nan"))
+        out[f"Cal{word}CgTol"] = st.get("cg_tol", float("nan"))
         for key, name in (("chi2_sample_median", "Chi"), ("tarp_max_dev", "Tarp"), ("tarp_null_95", "TarpNull"),
                           ("coverage_68", "CovSixtyEight"), ("coverage_95", "CovNinetyFive"),
                           ("coverage_68_galaxy", "CovGalaxy"), ("coverage_68_sky", "CovSky"),

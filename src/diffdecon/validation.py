@@ -117,8 +117,10 @@ def sampler_settings(profile: Profile | str) -> SamplerSettings:
     if P.name == "quick":
         return SamplerSettings(P.n_posterior, P.sampling_steps, P.cg_iters, P.sampling_steps,
                                note=f"CPU budget: {P.n_posterior} samples, MMPS {P.sampling_steps} steps x "
-                                    f"{P.cg_iters} CG ({P.mmps_covariance} covariance, {P.time_spacing} time "
-                                    f"spacing), DPS {P.sampling_steps} steps (published 1000)",
+                                    f"{'at most ' if P.cg_tol else ''}{P.cg_iters} CG ({P.mmps_covariance} covariance, "
+                                    f"{P.time_spacing} time spacing{f', CG tolerance {P.cg_tol:g}' if P.cg_tol else ''}"
+                                    f"{', steps from a draw of x0' if P.x0_draw else ''}), DPS {P.sampling_steps} "
+                                    "steps (published 1000)",
                                mmps_covariance=P.mmps_covariance)
     return SamplerSettings(P.n_posterior, P.sampling_steps, P.cg_iters, P.sampling_steps,
                            note="smoke profile: numbers mean nothing", mmps_covariance=P.mmps_covariance)
