@@ -257,3 +257,38 @@ def test_prior_chain_without_draws_is_ddim_and_with_draws_matches_mmps_without_d
     assert abs(float(p.mean()) - float(q.mean())) < 0.1
     with pytest.raises(ValueError, match="a diagonal covariance"):
         mmps_prior(prior, torch.Generator().manual_seed(1), 2, steps=2, covariance="tweedie")
+
+
+def test_gauss_newton_steps_solve_the_nonlinear_conditioning(problem):
+    """With a nonlinear forward model (A exp(x)), one linearisation (MMPS) leaves the gradient of
+    0.5 |y - A exp(x)|^2 / s^2 + 0.5 (x - D)^T V^-1 (x - D) far from 0 at x0_post; Gauss-Newton
+    iterations drive it towards 0, linearly (a problem with a nonzero residual), each lowering
+    the objective (64 CG iterations per solve on the 64-dim system: exact to round-off;
+    measured: 121 -> 7.8 -> 0.005 after 1, 2, 20 iterations; tolerance: below 0.1 of the
+    first after 2 and below 1e-4 after 20)."""
+    prior, A, y, _ = problem
+
+    def forward(x):
+        return (A @ torch.exp(x).flatten(1).T).T.reshape(x.shape[0], 1, 4, 4)
+
+    t = 200
+    x_t = torch.randn(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y1 = forward(torch.full((1, 1, SIDE, SIDE), 0.3, dtype=torch.float64))[0]
+    c = _v(prior, t)
+
+    def grad_and_objective(x, D):
+        x = x.clone().requires_grad_(True)
+        obj = 0.5 * ((y1 - forward(x)) ** 2).sum() / SIGMA_Y**2 + 0.5 * ((x - D) ** 2).sum() / c
+        return float(torch.autograd.grad(obj, x)[0].norm()), float(obj.detach())
+
+    g, f = {}, {}
+    for k in (1, 2, 4, 20):
+        x0, D = mmps_isotropic_x0(prior, x_t, t, y1, forward, torch.tensor(SIGMA_Y), cg_iters=64, newton=k)
+        g[k], f[k] = grad_and_objective(x0, D)
+    assert g[1] > 1.0 and g[2] < 0.1 * g[1] and g[20] < 1e-4 * g[1]
+    assert f[1] > f[2] > f[4] > f[20]
+    with pytest.raises(ValueError, match="newton=0"):
+        mmps_isotropic_x0(prior, x_t, t, y1, forward, torch.tensor(SIGMA_Y), newton=0)
+    with pytest.raises(ValueError, match="1 with covariance='tweedie'"):
+        mmps(prior, y1, forward, SIGMA_Y, torch.Generator().manual_seed(0), 2, steps=2, covariance="tweedie",
+             newton=2, progress=False)

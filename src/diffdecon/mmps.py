@@ -161,7 +161,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
                       precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
                       generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None,
                       variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                      linearise: Callable[[torch.Tensor], tuple] | None = None, cg_tol: float | None = None):
+                      linearise: Callable[[torch.Tensor], tuple] | None = None, cg_tol: float | None = None,
+                      newton: int = 1):
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
     :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
@@ -195,34 +196,47 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     without it the products come from autograd (:func:`_linearised`), which gives the same
     values to float rounding at about twice the cost of a CG iteration. ``cg_tol``: stop CG
     early once the preconditioned residual has fallen by that factor (:func:`_cg`).
+
+    ``newton``: Gauss-Newton iterations on the Gaussian-prior, nonlinear-likelihood problem
+    (1, the default, is MMPS's single linearisation at ``D``); each further one linearises
+    ``forward`` anew at the current ``x`` and solves
+    ``(V_t^-1 + A_x^T Sigma_y^-1 A_x) dx = A_x^T Sigma_y^-1 (y - A(x)) - V_t^-1 (x - D)``
+    (plus the same perturbations), so that ``A(x0_post)``, not only its linearisation, fits the data.
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
+    if not isinstance(newton, int) or newton < 1:
+        raise ValueError(f"newton={newton!r}: expected a positive int")
     a = float(_alphas_cumprod(prior)[t])
     c = (1.0 - a) * v0 / (a * v0 + 1.0 - a)  # V_t = c_t I: Tweedie covariance of a N(mu, v0 I) prior
     with torch.no_grad():
         D = _clip(prior.x0_hat(x_t.detach(), _time_batch(t, x_t.shape[0], x_t.device)), x0_clip)
         if variance is not None:
             c = variance(D, t)  # diagonal V_t, shaped like D
-    with torch.enable_grad():
-        AD, jvp_A, vjp_A = _linearised(forward, D) if linearise is None else linearise(D)
-        s2 = sigma_y**2
-        r = y - AD
-        if generator is not None:  # perturb-and-solve: r + Sigma_y^1/2 eta and xi / sqrt(c)
-            r = r + sigma_y * _randn(tuple(r.shape), generator, r.dtype, r.device)
-        b = vjp_A(r / s2)  # A^T Sigma_y^-1 r
-        v_inv, v_inv_half = _inverse_covariance(c, None if variance is None else getattr(variance, "offset_at", None),
-                                                t, D)
-        if generator is not None:
-            b = b + v_inv_half(_randn(tuple(b.shape), generator, b.dtype, b.device))
+    s2 = sigma_y**2
+    v_inv, v_inv_half = _inverse_covariance(c, None if variance is None else getattr(variance, "offset_at", None), t, D)
+    y_pert, prior_pert = y, None
+    x = D
+    for k in range(newton):
+        with torch.enable_grad():
+            Ax, jvp_A, vjp_A = _linearised(forward, x) if linearise is None else linearise(x)
+            if k == 0 and generator is not None:  # perturb-and-solve: y + Sigma_y^1/2 eta and V_t^-1/2 xi
+                y_pert = y + sigma_y * _randn(tuple(Ax.shape), generator, Ax.dtype, Ax.device)
+                prior_pert = v_inv_half(_randn(tuple(D.shape), generator, D.dtype, D.device))
+            b = vjp_A((y_pert - Ax) / s2)  # A_x^T Sigma_y^-1 (y - A(x))
+            if prior_pert is not None:
+                b = b + prior_pert
+            if k:
+                b = b - v_inv(x - D)
 
-        def matvec(v):  # (V_t^-1 + A^T Sigma_y^-1 A) v
-            return v_inv(v) + vjp_A(jvp_A(v) / s2)
+            def matvec(v):  # (V_t^-1 + A_x^T Sigma_y^-1 A_x) v
+                return v_inv(v) + vjp_A(jvp_A(v) / s2)
 
-        m_inv = None if precond is None else 1.0 / (1.0 / c + precond(D).to(D.dtype))
-        delta = _cg(matvec, b.detach(), cg_iters, m_inv, cg_tol)
-    delta = delta.detach() if max_step is None else delta.detach().clamp(-max_step, max_step)
-    return _clip(D + delta, x0_clip), D
+            m_inv = None if precond is None else 1.0 / (1.0 / c + precond(x).to(D.dtype))
+            step = _cg(matvec, b.detach(), cg_iters, m_inv, cg_tol).detach()
+        delta = x - D + step
+        x = D + (delta if max_step is None else delta.clamp(-max_step, max_step))
+    return _clip(x, x0_clip), D
 
 
 def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=None):
@@ -306,6 +320,7 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     spacing: str = "linear",
     linearise: Callable[[torch.Tensor], tuple] | None = None,
     cg_tol: float | None = None,
+    newton: int = 1,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -325,12 +340,15 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     the respaced times (:func:`diffdecon.samplers.timesteps`), ``linearise`` (diagonal
     covariances only: ``forward`` linearised in closed form, :func:`mmps_isotropic_x0`) and
     ``cg_tol`` (diagonal covariances only: CG stops once its preconditioned residual has fallen
-    by that factor, at most ``cg_iters`` iterations; None runs them all).
+    by that factor, at most ``cg_iters`` iterations; None runs them all) and ``newton``
+    (diagonal covariances only: Gauss-Newton linearisations per step, :func:`mmps_isotropic_x0`).
 
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
     _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol)
+    if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
+        raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
     if covariance == "empirical" and variance is None:
         from .denoiser_variance import of_prior
 
@@ -341,7 +359,7 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
         if covariance != "tweedie":
             g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
-                                           max_step, variance, linearise, cg_tol)
+                                           max_step, variance, linearise, cg_tol, newton)
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
         z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None
