@@ -52,9 +52,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import MMPS_COVARIANCES
-from .samplers import (Generator, _alphas_cumprod, _bdot, _check_generator, _clip, _ddim_step, _Divergence,
-                       _posterior_setup, _prior_dtype_device, _randn, _sample_shape, _step_coefficients, _time_batch,
-                       timesteps)
+from .samplers import (Generator, _alphas_cumprod, _bdot, _clip, _ddim_step, _posterior_setup, _randn, _time_batch,
+                       _unconditional)
 
 __all__ = ["COVARIANCES", "mmps", "mmps_prior", "mmps_x0", "mmps_isotropic_x0"]
 
@@ -409,27 +408,20 @@ def mmps_prior(  # the loop of mmps without data
         from .denoiser_variance import of_prior
 
         variance = of_prior(prior, progress=progress)
-    _check_generator(generator, n)
     abar = _alphas_cumprod(prior)
-    ts = timesteps(abar.numel(), steps, spacing)
-    a_t, a_prev = _step_coefficients(abar, ts)
-    chw = _sample_shape(prior, shape)
-    dtype, device = _prior_dtype_device(prior)
-    x = _randn((n, *chw), generator, dtype, device)  # x_T ~ N(0, I)
-    div = _Divergence(n, "raise", "mmps_prior", float("inf"), device)  # NaN/inf only
-    for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps prior ({covariance})", disable=not progress, leave=False)):
-        with torch.no_grad():
-            D = _clip(prior.x0_hat(x, _time_batch(t, n, device)), x0_clip)
-            x0 = D
-            if x0_draw and a_prev[i] < 1:  # the last step returns the mean, as in mmps
-                a = float(abar[t])
-                c = (1.0 - a) * v0 / (a * v0 + 1.0 - a) if variance is None else variance(D, t)
-                s_times = _covariance_sqrt(c, None if variance is None else getattr(variance, "offset_at", None),
-                                           t, D)
-                delta = s_times(_randn((n, *chw), generator, dtype, device))
-                if max_step is not None:
-                    delta = delta.clamp(-max_step, max_step)
-                x0 = _clip(D + delta, x0_clip)
-            z = _randn((n, *chw), generator, dtype, device) if a_prev[i] < 1 else None
-            x = div.check(_ddim_step(x, x0, float(a_t[i]), float(a_prev[i]), z, eta), i, t)
-    return div.finish(x.detach())
+
+    def x0_step(D, t, last):  # a draw of N(D, V_t); the last step returns the mean, as in mmps
+        if not x0_draw or last:
+            return D
+        a = float(abar[t])
+        c = (1.0 - a) * v0 / (a * v0 + 1.0 - a) if variance is None else variance(D, t)
+        s_times = _covariance_sqrt(c, None if variance is None else getattr(variance, "offset_at", None), t, D)
+        delta = s_times(_randn(tuple(D.shape), generator, D.dtype, D.device))
+        if max_step is not None:
+            delta = delta.clamp(-max_step, max_step)
+        return _clip(D + delta, x0_clip)
+
+    with torch.no_grad():
+        x = _unconditional(prior, n, generator, steps, shape, "ddim", eta, "small", x0_clip, progress, spacing,
+                           x0_step)
+    return x.detach()

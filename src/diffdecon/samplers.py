@@ -312,7 +312,10 @@ def ddim_sample(
     return _unconditional(prior, n, generator, steps, shape, "ddim", eta, "small", x0_clip, progress, spacing)
 
 
-def _unconditional(prior, n, generator, steps, shape, kind, eta, variance, x0_clip, progress, spacing="linear"):
+def _unconditional(prior, n, generator, steps, shape, kind, eta, variance, x0_clip, progress, spacing="linear",
+                   x0_step=None):
+    """The unconditional loop; ``x0_step(D, t, last)``, when given, replaces Tweedie's ``D`` in
+    each step (``last``: the final step), drawing from ``generator`` before the step's noise."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     _check_generator(generator, n)
@@ -326,6 +329,8 @@ def _unconditional(prior, n, generator, steps, shape, kind, eta, variance, x0_cl
     div = _Divergence(n, "raise", kind, float("inf"), device)  # NaN/inf only
     for i, t in enumerate(tqdm(ts.tolist(), desc=kind, disable=not progress, leave=False)):
         x0 = _clip(prior.x0_hat(x, _time_batch(t, n, device)), x0_clip)
+        if x0_step is not None:
+            x0 = x0_step(x0, t, not a_prev[i] < 1)
         z = _randn((n, C, H, W), generator, dtype, device) if a_prev[i] < 1 else None
         if kind == "ddpm":
             x = _ancestral_step(x, x0, float(a_t[i]), float(a_prev[i]), z, variance)
