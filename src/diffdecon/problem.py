@@ -116,9 +116,9 @@ class InverseProblem:
     def mmps_defaults(self, covariance: str | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
         iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
-        for the diagonal covariances the CG tolerance, the draw of x0 (``x0_draw``), the Jacobi preconditioner of the CG solve
-        (:meth:`normal_diagonal`), the trust region of the linearised step (:attr:`max_step`) and
-        the closed-form linearisation (:meth:`linearised`)."""
+        for the diagonal covariances its CG tolerance and ``x0_draw``, the Jacobi
+        preconditioner of the CG solve (:meth:`normal_diagonal`), the trust region of the
+        linearised step (:attr:`max_step`) and the closed-form linearisation (:meth:`linearised`)."""
         P = self.profile
         covariance = P.mmps_covariance if covariance is None else covariance
         kw: dict[str, Any] = {"cg_iters": P.cg_iters, "spacing": P.time_spacing, "covariance": covariance,

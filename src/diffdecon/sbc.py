@@ -413,7 +413,7 @@ def manuscript_variables(record: dict) -> dict:
         st = r.get("settings", {})  # the sampler's steps, CG budget and tolerance
         out[f"Cal{word}Steps"] = st.get("steps", float("nan"))
         out[f"Cal{word}CgIters"] = st.get("cg_iters", float("nan"))
-        out[f"Cal{word}CgTol"] = st.get("cg_tol", float("nan"))
+        out[f"Cal{word}CgTol"] = st.get("cg_tol", "none" if st else float("nan"))  # none: all iterations run
         for key, name in (("chi2_sample_median", "Chi"), ("tarp_max_dev", "Tarp"), ("tarp_null_95", "TarpNull"),
                           ("coverage_68", "CovSixtyEight"), ("coverage_95", "CovNinetyFive"),
                           ("coverage_68_galaxy", "CovGalaxy"), ("coverage_68_sky", "CovSky"),
