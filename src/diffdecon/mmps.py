@@ -107,6 +107,28 @@ def _linearised(forward, D: torch.Tensor):
     return AD.detach(), jvp_A, vjp_A
 
 
+def _diagonal_variance(a: float, v0: float, variance, D: torch.Tensor, t: int):
+    """``(c, offset_at)`` of ``V_t``: ``c`` the isotropic ``(1 - a) v0 / (a v0 + 1 - a)`` (the Tweedie
+    covariance of a ``N(mu, v0 I)`` prior, ``a = abar_t``) and no offset term without ``variance``,
+    else ``variance(D, t)`` (shaped like ``D``) and its ``offset_at`` if it has one."""
+    if variance is None:
+        return (1.0 - a) * v0 / (a * v0 + 1.0 - a), None
+    return variance(D, t), getattr(variance, "offset_at", None)
+
+
+def _offset_terms(c, offset_at, t: int, D: torch.Tensor):
+    """``(c, lambda, |u|^2)`` of ``V_t = diag(c) + lambda_t 1 1^T`` per band and sample, ``c``
+    broadcast to ``D``'s shape (sums over pixels need it), ``lambda`` (1, C, 1, 1) and
+    ``|u|^2 = 1^T c^-1 1``; None when there is no offset term (``offset_at`` None, or it gives
+    None or no positive value)."""
+    lam = None if offset_at is None else offset_at(t)
+    if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
+        return None
+    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)
+    lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
+    return c, lam, (1.0 / c).sum((-2, -1), keepdim=True)
+
+
 def _inverse_covariance(c, offset_at, t: int, D: torch.Tensor):
     """Products by ``V_t^-1`` and by a square root ``W`` of it (``W W^T = V_t^-1``) for
     ``V_t = diag(c) + lambda_t 1 1^T`` per band and sample (``lambda_t = offset_at(t)``, (C,);
@@ -116,12 +138,10 @@ def _inverse_covariance(c, offset_at, t: int, D: torch.Tensor):
         V^-1 = c^-1/2 (I - beta u u^T) c^-1/2,      (I - beta u u^T) = (I - gamma u_hat u_hat^T)^2,
         gamma = 1 - sqrt(1 - beta |u|^2),            u_hat = u / |u|.
     """
-    lam = None if offset_at is None else offset_at(t)
-    if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
+    terms = _offset_terms(c, offset_at, t, D)
+    if terms is None:
         return (lambda v: v / c), (lambda xi: xi / c**0.5)  # c may stay a scalar (isotropic)
-    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)  # sums over pixels need its shape
-    lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
-    u2 = (1.0 / c).sum((-2, -1), keepdim=True)  # |u|^2 = 1^T c^-1 1, per sample and band
+    c, lam, u2 = terms
     beta = lam / (1.0 + lam * u2)
     gamma = 1.0 - (1.0 - beta * u2).clamp_min(0.0) ** 0.5
 
@@ -141,12 +161,10 @@ def _covariance_sqrt(c, offset_at, t: int, D: torch.Tensor):
     per band and sample (as :func:`_inverse_covariance`): with ``u = c^-1/2 1``,
     ``V = c^1/2 (I + lambda |u|^2 u_hat u_hat^T) c^1/2``, so
     ``S xi = c^1/2 (xi + (sqrt(1 + lambda |u|^2) - 1) u_hat (u_hat . xi))``."""
-    lam = None if offset_at is None else offset_at(t)
-    if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
+    terms = _offset_terms(c, offset_at, t, D)
+    if terms is None:
         return lambda xi: xi * c**0.5
-    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)
-    lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
-    u2 = (1.0 / c).sum((-2, -1), keepdim=True)
+    c, lam, u2 = terms
     k = (1.0 + lam * u2) ** 0.5 - 1.0
 
     def s_times(xi):
@@ -206,14 +224,11 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
     if not isinstance(newton, int) or newton < 1:
         raise ValueError(f"newton={newton!r}: expected a positive int")
-    a = float(_alphas_cumprod(prior)[t])
-    c = (1.0 - a) * v0 / (a * v0 + 1.0 - a)  # V_t = c_t I: Tweedie covariance of a N(mu, v0 I) prior
     with torch.no_grad():
         D = _clip(prior.x0_hat(x_t.detach(), _time_batch(t, x_t.shape[0], x_t.device)), x0_clip)
-        if variance is not None:
-            c = variance(D, t)  # diagonal V_t, shaped like D
+        c, offset_at = _diagonal_variance(float(_alphas_cumprod(prior)[t]), v0, variance, D, t)
     s2 = sigma_y**2
-    v_inv, v_inv_half = _inverse_covariance(c, None if variance is None else getattr(variance, "offset_at", None), t, D)
+    v_inv, v_inv_half = _inverse_covariance(c, offset_at, t, D)
     y_pert, prior_pert = y, None
     x = D
     for k in range(newton):
@@ -413,10 +428,8 @@ def mmps_prior(  # the loop of mmps without data
     def x0_step(D, t, last):  # a draw of N(D, V_t); the last step returns the mean, as in mmps
         if not x0_draw or last:
             return D
-        a = float(abar[t])
-        c = (1.0 - a) * v0 / (a * v0 + 1.0 - a) if variance is None else variance(D, t)
-        s_times = _covariance_sqrt(c, None if variance is None else getattr(variance, "offset_at", None), t, D)
-        delta = s_times(_randn(tuple(D.shape), generator, D.dtype, D.device))
+        c, offset_at = _diagonal_variance(float(abar[t]), v0, variance, D, t)
+        delta = _covariance_sqrt(c, offset_at, t, D)(_randn(tuple(D.shape), generator, D.dtype, D.device))
         if max_step is not None:
             delta = delta.clamp(-max_step, max_step)
         return _clip(D + delta, x0_clip)

@@ -73,15 +73,17 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
         raise InputValueError("(n, steps)", (n, steps), "positive integers")
     clip = None if x0_clip is None else (float(x0_clip[0]), float(x0_clip[1]))
 
+    drawn = method == "ancestral" and P.x0_draw  # the x0 draws of the posterior sampler's chain
+    max_step = x0_trust_region(P.asinh_a)
+
     def draw() -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            if method == "ancestral" and P.x0_draw:
+            if drawn:
                 from .mmps import mmps_prior
 
                 x = mmps_prior(prior, g, n, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
-                               covariance=P.mmps_covariance, x0_draw=True, max_step=x0_trust_region(P.asinh_a),
-                               spacing=P.time_spacing)
+                               covariance=P.mmps_covariance, x0_draw=True, max_step=max_step, spacing=P.time_spacing)
             elif method == "ancestral":
                 x = samplers.ddim_sample(prior, n, g, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
                                          spacing=P.time_spacing)
@@ -95,11 +97,10 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
         print("[diffdecon] prior has no checkpoint hash: prior samples drawn, not cached")
         return draw()
     inputs = {"profile": P.name, "checkpoint_sha256": sha, "method": method, "n": n, "steps": steps, "seed": seed}
-    drawn = method == "ancestral" and P.x0_draw
     if method == "ancestral":
         inputs["spacing"] = P.time_spacing
-    if drawn:  # the x0 draws of the posterior sampler's chain (the denoiser variance follows the checkpoint)
-        inputs.update(x0_draw=True, covariance=P.mmps_covariance, max_step=x0_trust_region(P.asinh_a))
+    if drawn:  # the denoiser variance follows the checkpoint
+        inputs.update(x0_draw=True, covariance=P.mmps_covariance, max_step=max_step)
     if clip is not None:
         inputs["x0_clip"] = list(clip)
     tag = (P.time_spacing[:4] + ("draw" if drawn else "")) if method == "ancestral" else ""
