@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[calibration] {kind}, {name}: {n} truths in {time.perf_counter() - t0:.0f} s: chi2 median "
                   f"{rec['chi2_sample_median']:.3f}, coverage 68/95 {rec['coverage_68']:.3f}/{rec['coverage_95']:.3f} "
                   f"(target {rec['coverage_target_68']:.3f}/{rec['coverage_target_95']:.3f}), TARP "
-                  f"{rec.get('tarp_max_dev', float('nan')):.3f} (null 95 % {rec.get('tarp_null_95', float('nan')):.3f})",
-                  flush=True)
+                  f"{rec.get('tarp_max_dev', float('nan')):.3f} (null 95 % {rec.get('tarp_null_95', float('nan')):.3f}), "
+                  f"total-flux offset per band {[round(v, 2) for v in rec['flux_offset']['mean']]} "
+                  f"(samples' spread {[round(v, 2) for v in rec['flux_offset']['sample_spread']]})", flush=True)
             atomic_write_text(out, json.dumps(record, indent=1))  # after every set: nothing is lost on a kill
     print(f"[calibration] wrote {out}")
     return 0

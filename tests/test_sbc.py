@@ -189,12 +189,38 @@ def test_bad_truth_set():
         sbc.truth_images(None, "training", 4)
 
 
-def _fake_problem(C: int = 1):
-    """Stand-in for problem.InverseProblem: identity flux map, unit noise sigma and pixel width,
-    per-sample chi^2 of 1."""
-    return SimpleNamespace(operator=SimpleNamespace(model_pixel_width=1.0), sigma=torch.ones(C),
+def _fake_problem(C: int = 1, y: torch.Tensor | None = None, sigma: float = 1.0):
+    """Stand-in for problem.InverseProblem on 8 x 8 pixels: flux exp(x), identity operator, noise
+    sigma ``sigma`` (1 by default) and unit pixel width, observation ``y`` (zeros by default),
+    window centre at the middle, per-sample chi^2 of 1."""
+    return SimpleNamespace(operator=SimpleNamespace(model_pixel_width=1.0, A=lambda f: f),
+                           sigma=torch.full((C,), sigma, dtype=torch.float64),
+                           y=torch.zeros(C, 8, 8, dtype=torch.float64) if y is None else y, center_xy=(3.5, 3.5),
                            to_flux=lambda x: x.exp(), sample_chi2=lambda f: np.ones(len(f)), scale=1.0,
                            profile=SimpleNamespace(asinh_a=0.1))
+
+
+def test_light_offsets_of_samples_brighter_than_the_truth():
+    """Samples 1 % and 3 % brighter than the truth, noise-free data, sigma 2 on 8 x 8 pixels: the
+    total-flux offset is 0.02 sum(flux) / (2 sqrt(64)) with spread std(0.01, 0.03) sum(flux) / 16,
+    and the residual annuli sum to -0.02 sum(flux) / 2 (to 1e-12), the inner one over r < 3 px."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 8, 8, generator=g, dtype=torch.float64)
+    f = x.exp()
+    eps = torch.tensor([0.01, 0.03], dtype=torch.float64)
+    draws = x[None] + torch.log1p(eps).view(-1, 1, 1, 1)
+    case = sbc.CalibrationCase(x, f, _fake_problem(y=f.clone(), sigma=2.0), 20.0, 0.1)
+    offset, spread, annuli = sbc._light_offsets(case, draws.exp())
+    total = float(f.sum())
+    assert offset[0] == pytest.approx(0.02 * total / 16, rel=1e-12)
+    assert spread[0] == pytest.approx(float(eps.std()) * total / 16, rel=1e-12)
+    assert annuli.sum() == pytest.approx(-0.02 * total / 2, rel=1e-12)
+    r = ((torch.arange(8.0).view(1, -1) - 3.5) ** 2 + (torch.arange(8.0).view(-1, 1) - 3.5) ** 2).sqrt()
+    assert annuli[0] == pytest.approx(-0.02 * float(f[0][r < 3].sum()) / 2, rel=1e-12)
+    out = sbc.summarise([case, case], [draws, draws], null_reps=5)
+    assert out["flux_offset"]["mean"][0] == pytest.approx(offset[0], rel=1e-12)
+    assert out["flux_offset"]["sem"][0] == pytest.approx(0.0, abs=1e-12)
+    assert len(out["residual_annuli"]["mean"]) == len(sbc.RESIDUAL_ANNULI_PX) - 1
 
 
 def test_summarise_records_references_and_reproducible_ranks():

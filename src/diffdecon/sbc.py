@@ -38,6 +38,14 @@ Statistics (:func:`summarise`):
   they scatter less. The classes are taken here from the mean flux of the samples and the truth
   together, a symmetric function of the ``n + 1`` draws: classes of the truth alone select
   pixels where the truth happens to be bright and bias the comparison;
+* where the samples miss the data's light (``flux_offset``, ``residual_annuli``): per band, the
+  samples' total re-convolved flux ``sum A(x_j)`` minus the truth's ``sum A(x_true)``, in units
+  of the noise of the data's summed flux ``sigma sqrt(n_obs)`` (mean over samples, then mean and
+  standard error over truths, with the samples' own spread in the same units), and the summed
+  residuals ``sum (y - A(x_j)) / sigma`` in annuli about the window centre
+  (:data:`RESIDUAL_ANNULI_PX`; mean over samples and bands, then over truths). For a calibrated
+  sampler the offset is 0 within its standard error and the residual sums are noise, 0 within
+  about ``sqrt(pixels in the annulus)``;
 * ranks of the truth among the samples (simulation-based calibration, Talts et al. 2018) for
   the total flux, the (continuous) half-light radius and the pixels of the galaxy class, ties
   broken at random with a seeded generator (:func:`rank_statistics`), with a chi^2 test of
@@ -73,6 +81,9 @@ PIXEL_CLASSES: dict[str, tuple[float, float]] = {"sky": (-math.inf, 1.0), "faint
                                                  "galaxy": (10.0, math.inf)}
 """Pixel classes by the truth's surface brightness [noise sigma per obs px]."""
 
+
+RESIDUAL_ANNULI_PX: tuple[float, ...] = (0.0, 3.0, 6.0, 9.0, 12.0, 16.0, 20.0, 25.0, math.inf)
+"""Edges of the annuli of ``residual_annuli`` [observation px from the window centre]."""
 
 TARP_BINS: int = 20
 """Credibility levels at which TARP's expected coverage is evaluated (the same for the
@@ -297,6 +308,27 @@ def _distance_excess(case: CalibrationCase, x: torch.Tensor, flux: torch.Tensor,
     return out
 
 
+def _light_offsets(case: CalibrationCase, flux: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(offset, spread, annuli)`` of samples ``flux`` (n, C, H, W) [flux per model px]: per band
+    the mean and standard deviation over samples of ``(sum A(flux_j) - sum A(flux_true)) /
+    (sigma sqrt(n_obs))`` (C,), and ``sum (y - A(flux_j)) / sigma`` per annulus of
+    :data:`RESIDUAL_ANNULI_PX`, mean over samples and bands (module docstring)."""
+    p = case.problem
+    with torch.no_grad():
+        a_s = p.operator.A(flux.double())
+        a_t = p.operator.A(case.flux_true.double()[None])
+    sigma = p.sigma.double().view(1, -1, 1, 1)
+    n_obs = a_s.shape[-2] * a_s.shape[-1]
+    d = ((a_s - a_t).sum((-2, -1)) / (sigma.view(1, -1) * math.sqrt(n_obs))).cpu().numpy()  # (n, C)
+    res = (p.y.double()[None] - a_s) / sigma
+    rows = torch.arange(res.shape[-2], dtype=torch.float64).view(-1, 1)
+    cols = torch.arange(res.shape[-1], dtype=torch.float64).view(1, -1)
+    r = ((cols - p.center_xy[0]) ** 2 + (rows - p.center_xy[1]) ** 2).sqrt()
+    edges = RESIDUAL_ANNULI_PX
+    annuli = np.array([float(res[..., (r >= lo) & (r < hi)].sum(-1).mean()) for lo, hi in zip(edges[:-1], edges[1:])])
+    return d.mean(0), d.std(0, ddof=1) if len(d) > 1 else np.zeros(d.shape[1]), annuli
+
+
 def _per_case(case: CalibrationCase, x: torch.Tensor, generator: torch.Generator,
               reference: torch.Tensor | None = None) -> dict:
     """Per-truth statistics of samples ``x`` (n, C, H, W): chi^2 per sample, coverage flags
@@ -314,7 +346,9 @@ def _per_case(case: CalibrationCase, x: torch.Tensor, generator: torch.Generator
         inside[level] = ((t >= q[0]) & (t <= q[1])).reshape(case.x_true.shape)
     cls = _pixel_class(case)
     g = generator
-    return {"chi2": chi2, "inside": inside, "cls": cls,
+    offset, spread, annuli = _light_offsets(case, flux)
+    return {"chi2": chi2, "inside": inside, "cls": cls, "flux_offset": offset, "flux_spread": spread,
+            "residual_annuli": annuli,
             "distance_excess": None if reference is None else _distance_excess(case, x, flux, reference),
             "rank_flux": int(rank_statistics(case.flux_true.sum(), flux.sum((1, 2, 3)), g)),
             "rank_radius": int(rank_statistics(_half_light_radius(case.flux_true), _half_light_radius(flux), g)),
@@ -351,6 +385,14 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
         out.update(tarp_max_dev=dev, tarp_alpha=alpha.tolist(), tarp_ecp=ecp.tolist(), tarp_references=TARP_REFERENCES,
                    tarp_null_95=float(np.quantile(tarp_null(len(cases), n, reps=null_reps, seed=seed), 0.95)),
                    tarp_distance_excess=_excess_summary([r["distance_excess"] for r in per]))
+    off = np.stack([r["flux_offset"] for r in per])  # (truths, C)
+    ann = np.stack([r["residual_annuli"] for r in per])
+    sem = (lambda v: (v.std(0, ddof=1) / math.sqrt(len(v))).tolist() if len(v) > 1 else [None] * v.shape[1])
+    out["flux_offset"] = {"mean": off.mean(0).tolist(), "sem": sem(off),
+                          "sample_spread": np.stack([r["flux_spread"] for r in per]).mean(0).tolist(),
+                          "unit": "noise of the data's summed flux per band"}
+    out["residual_annuli"] = {"edges_px": [e if math.isfinite(e) else None for e in RESIDUAL_ANNULI_PX],
+                              "mean": ann.mean(0).tolist(), "sem": sem(ann), "unit": "summed residual / sigma"}
     for key in ("rank_flux", "rank_radius"):
         ranks = np.array([r[key] for r in per])
         out[key] = np.bincount(ranks, minlength=n + 1).tolist()
