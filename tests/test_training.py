@@ -245,3 +245,20 @@ def test_training_curve_names_the_regression_target():
         plt.close(fig)
     with pytest.raises(ValueError, match="expected one of 'epsilon', 'v'"):
         training_curve_figure(log, prediction="x0")
+
+
+@pytest.mark.parametrize("profile", ["quick"])
+def test_committed_checkpoint_matches_the_current_profile(profile):
+    """The committed checkpoint's recorded config agrees with the current profile on every
+    training field (a profile field added for sampling only must join INFERENCE_FIELDS, or every
+    notebook would refuse the committed prior), and a changed training field is still refused."""
+    from diffdecon import loop, paths, training
+
+    path = paths.ROOT / "models" / profile / training.CONFIG_FILE
+    record = json.loads(path.read_text())
+    P = get_profile(profile)
+    config = training.run_config(P, TrainOptions())
+    loop.check_checkpoint(record, config, record["dataset_hash"], path.parent, training.INFERENCE_FIELDS)
+    changed = training.run_config(dataclasses.replace(P, lr=P.lr * 2), TrainOptions())
+    with pytest.raises(CheckpointMismatchError, match="config.lr"):
+        loop.check_checkpoint(record, changed, record["dataset_hash"], path.parent, training.INFERENCE_FIELDS)
