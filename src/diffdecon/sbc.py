@@ -387,12 +387,11 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
                    tarp_distance_excess=_excess_summary([r["distance_excess"] for r in per]))
     off = np.stack([r["flux_offset"] for r in per])  # (truths, C)
     ann = np.stack([r["residual_annuli"] for r in per])
-    sem = (lambda v: (v.std(0, ddof=1) / math.sqrt(len(v))).tolist() if len(v) > 1 else [None] * v.shape[1])
-    out["flux_offset"] = {"mean": off.mean(0).tolist(), "sem": sem(off),
+    out["flux_offset"] = {"mean": off.mean(0).tolist(), "sem": _sem(off),
                           "sample_spread": np.stack([r["flux_spread"] for r in per]).mean(0).tolist(),
                           "unit": "noise of the data's summed flux per band"}
-    out["residual_annuli"] = {"edges_px": [e if math.isfinite(e) else None for e in RESIDUAL_ANNULI_PX],
-                              "mean": ann.mean(0).tolist(), "sem": sem(ann), "unit": "summed residual / sigma"}
+    out["residual_annuli"] = {"edges_px": [e if math.isfinite(e) else None for e in RESIDUAL_ANNULI_PX],  # None: open
+                              "mean": ann.mean(0).tolist(), "sem": _sem(ann), "unit": "summed residual / sigma"}
     for key in ("rank_flux", "rank_radius"):
         ranks = np.array([r[key] for r in per])
         out[key] = np.bincount(ranks, minlength=n + 1).tolist()
@@ -400,6 +399,13 @@ def summarise(cases: Sequence[CalibrationCase], draws: Sequence[torch.Tensor], n
     pix = np.concatenate([r["rank_pixels"] for r in per])
     out["rank_pixels_galaxy"] = np.bincount(pix, minlength=n + 1).tolist() if pix.size else []
     return out
+
+
+def _sem(v: np.ndarray) -> list:
+    """Standard error of the mean over the first axis of ``v`` (truths, k), as a list (None with one truth)."""
+    if len(v) < 2:
+        return [None] * v.shape[1]
+    return (v.std(0, ddof=1) / math.sqrt(len(v))).tolist()
 
 
 def _excess_summary(rows: Sequence[dict]) -> dict:
