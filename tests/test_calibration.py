@@ -47,6 +47,25 @@ def test_gaussian_prior_closed_forms(gprior, t):
         gprior.x0_hat(x_t, torch.full((2,), 1000))
 
 
+def test_gaussian_prior_draws_do_not_depend_on_the_eigenbasis():
+    """The 8 x 8 squared-exponential covariance has repeated eigenvalues (the grid's symmetries),
+    where any rotation of the eigenvectors is as valid: a draw for a given generator must not
+    change with the basis LAPACK returns (tolerance 1e-10 in prior units)."""
+    prior = GaussianPrior(torch.zeros(64, dtype=torch.float64), se_covariance(8, ell=2.0), shape=(1, 8, 8))
+    lam, U = prior.lam, prior.U
+    k = int(torch.nonzero(torch.diff(lam).abs() < 1e-10 * lam.max())[-1])  # a repeated pair (k, k + 1)
+    c, s = math.cos(0.7), math.sin(0.7)
+    U2 = U.clone()
+    U2[:, k], U2[:, k + 1] = c * U[:, k] - s * U[:, k + 1], s * U[:, k] + c * U[:, k + 1]
+    torch.testing.assert_close(U2 @ torch.diag(lam) @ U2.T, prior.Sigma, atol=1e-10, rtol=0)  # as valid a basis
+    x = prior.sample(3, torch.Generator().manual_seed(0))
+    prior.U = U2
+    prior.sqrt = (U2 * lam.sqrt()) @ U2.T
+    torch.testing.assert_close(prior.sample(3, torch.Generator().manual_seed(0)), x, atol=1e-10, rtol=0)
+    z = torch.randn(3, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(((z * lam.sqrt()) @ U.T - (z * lam.sqrt()) @ U2.T).abs().max()) > 1e-3  # the old draw did move
+
+
 def test_gaussian_prior_validation():
     with pytest.raises(ValueError, match="expected \\(4, 4\\)"):
         GaussianPrior(torch.zeros(4), torch.eye(3))

@@ -75,6 +75,11 @@ class GaussianPrior:
         if lam.min() < -1e-9 * lam.max():
             raise ValueError(f"Sigma is not positive semi-definite (min eigenvalue {float(lam.min()):.3g})")
         self.Sigma, self.lam, self.U = Sigma, lam.clamp_min(0.0), U
+        # The symmetric square root Sigma^1/2 = U diag(lam)^1/2 U^T is unique, while U is not where
+        # eigenvalues repeat (an image grid's symmetries make them repeat: 28 pairs for the 8 x 8
+        # squared-exponential covariance of the exactness table), and LAPACK builds then return
+        # different bases: draws through U alone would change with the build.
+        self.sqrt = (U * self.lam.sqrt()) @ U.T
         if schedule is None:
             from .prior import NoiseSchedule  # the schedule type of the trained prior
 
@@ -127,9 +132,10 @@ class GaussianPrior:
         return -(1.0 - a).sqrt().reshape(-1, 1, 1, 1).to(x_t.dtype) * self.score(x_t, t)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Exact draws from N(mu, Sigma), shape (n, *shape)."""
+        """Exact draws ``mu + Sigma^1/2 z`` from N(mu, Sigma), shape (n, *shape), with the symmetric
+        square root: the same draws for a given generator whatever eigenbasis LAPACK returns."""
         z = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
-        return (self.mu + (z * self.lam.sqrt()) @ self.U.T).reshape(n, *self.shape).to(self.dtype)
+        return (self.mu + z @ self.sqrt).reshape(n, *self.shape).to(self.dtype)
 
 
 # ------------------------------------------------------------------ exact posterior
