@@ -3,7 +3,8 @@
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
                                       [--steps S] [--cg-iters K] [--cg-tol T] [--covariance C]
-                                      [--x0-draw on|off] [--mags 18 20 22] [--variants draw mean]
+                                      [--x0-draw on|off] [--warm-start on|off] [--mags 18 20 22]
+                                      [--variants draw mean]
                                       [--threads 2] [--output PATH]
 
 Truths drawn from the prior itself and held-out synthetic galaxies are observed through the
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cg-iters", type=int, default=None, help="CG iterations per step (default: the profile's)")
     ap.add_argument("--cg-tol", type=float, default=None,
                     help="CG tolerance (default: the profile's; 0 runs all --cg-iters)")
+    ap.add_argument("--warm-start", choices=["profile", "on", "off"], default="profile",
+                    help="CG of each step from the previous step's x0_post (default: as the profile sets it)")
     ap.add_argument("--x0-draw", choices=["profile", "on", "off"], default="profile",
                     help="the profile's x0_draw for this run (default: as the profile sets it): it selects the "
                          "sampler's step and the chain the prior-drawn truths come from")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         prior.profile = P
     cg_tol = P.cg_tol if args.cg_tol is None else (args.cg_tol or None)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
-                "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing, "cg_tol": cg_tol}
+                "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing, "cg_tol": cg_tol,
+                "warm_start": P.warm_start if args.warm_start == "profile" else args.warm_start == "on"}
     own = "draw" if P.x0_draw else "mean"
     variants = args.variants or [own]
     reference = mock.hsc_reference()
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"profile": args.profile, "sampler": "mmps", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "torch_threads": args.threads, "checkpoint_sha256": prior.checkpoint_sha256,
               "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance, {P.time_spacing} time spacing, "
-                                   f"{settings['cg_iters']} CG at most (tolerance {cg_tol}), step from "
+                                   f"{settings['cg_iters']} CG at most (tolerance {cg_tol}"
+                                   f"{', warm-started from the previous step' if settings['warm_start'] else ''}), step from "
                                    f"{'a draw' if own == 'draw' else 'the mean'} of the Gaussian p(x0 | x_t, y) "
                                    "(the profile's sampler)",
                            f"mmps_x0{'mean' if own == 'draw' else 'draw'}":

@@ -292,3 +292,47 @@ def test_gauss_newton_steps_solve_the_nonlinear_conditioning(problem):
     with pytest.raises(ValueError, match="1 with covariance='tweedie'"):
         mmps(prior, y1, forward, SIGMA_Y, torch.Generator().manual_seed(0), 2, steps=2, covariance="tweedie",
              newton=2, progress=False)
+
+
+def test_cg_from_an_initial_guess_solves_the_same_system():
+    """``u0`` moves only CG's starting point: converged, the solution is the cold one (1e-8
+    relative); started from the exact solution, no iteration moves it (1e-10); started near it,
+    5 iterations land closer than 5 from 0."""
+    g = torch.Generator().manual_seed(2)
+    B = torch.randn(60, 40, generator=g, dtype=torch.float64)
+    M = 1e-2 * torch.eye(40, dtype=torch.float64) + B.T @ B
+    b = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(M, b.T).T
+
+    def matvec(v):
+        return v @ M
+
+    near = exact + 1e-3 * torch.randn(2, 40, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(_cg(matvec, b, 400, u0=near), exact, atol=1e-8 * float(exact.abs().max()), rtol=0)
+    torch.testing.assert_close(_cg(matvec, b, 3, u0=exact), exact, atol=1e-10 * float(exact.abs().max()), rtol=0)
+    assert float((_cg(matvec, b, 5, u0=near) - exact).norm()) < float((_cg(matvec, b, 5) - exact).norm())
+
+
+def test_warm_start_changes_where_cg_starts_not_what_it_solves(problem):
+    """mmps with ``warm_start``: with CG converged at every step (64 iterations on the 64-dim
+    system) the samples are those of the cold start (same random stream; tolerance 1e-6 prior
+    units, the round-off of the conditioned solves); with 2 iterations they differ. In one step,
+    2 iterations from an ``init`` near the converged x0_post land closer to it than 2 from D;
+    ``warm_start`` with the Tweedie covariance is refused."""
+    prior, A, y, forward = problem
+    kw = dict(steps=8, covariance="isotropic", progress=False)
+    cold = mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(4), 3, cg_iters=64, **kw)
+    warm = mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(4), 3, cg_iters=64, warm_start=True, **kw)
+    torch.testing.assert_close(warm, cold, atol=1e-6, rtol=0)
+    cold2 = mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(4), 3, cg_iters=2, **kw)
+    warm2 = mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(4), 3, cg_iters=2, warm_start=True, **kw)
+    assert float((warm2 - cold2).abs().max()) > 1e-3
+    x_t = torch.randn(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    conv, _ = mmps_isotropic_x0(prior, x_t, 200, y, forward, torch.tensor(SIGMA_Y), cg_iters=64)
+    init = conv + 0.01 * torch.randn(conv.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    from_d, _ = mmps_isotropic_x0(prior, x_t, 200, y, forward, torch.tensor(SIGMA_Y), cg_iters=2)
+    from_init, _ = mmps_isotropic_x0(prior, x_t, 200, y, forward, torch.tensor(SIGMA_Y), cg_iters=2, init=init)
+    assert float((from_init - conv).norm()) < float((from_d - conv).norm())
+    with pytest.raises(ValueError, match="warm_start"):
+        mmps(prior, y, forward, SIGMA_Y, torch.Generator().manual_seed(4), 1, steps=2, covariance="tweedie",
+             warm_start=True, progress=False)

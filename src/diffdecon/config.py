@@ -114,6 +114,10 @@ class Profile:
         mean (``x0_draw`` of :func:`diffdecon.mmps.mmps`): the transition
         ``int q(x_s | x_t, x_0) p(x_0 | x_t, y) dx_0`` itself, which the mean under-disperses
         on a coarse time grid.
+    warm_start : bool
+        Each MMPS step's CG solve starts from the previous step's ``x0_post`` instead of from
+        ``D`` (``warm_start`` of :func:`diffdecon.mmps.mmps`): the same linear system, solved
+        further in the same iterations.
     time_spacing : str
         Spacing of the sampling times, one of :data:`TIME_SPACINGS`
         (:func:`diffdecon.samplers.timesteps`); ``"quadratic"`` puts the steps at low noise.
@@ -150,6 +154,7 @@ class Profile:
     cg_iters: int = 20
     cg_tol: float | None = None
     x0_draw: bool = False
+    warm_start: bool = False
     time_spacing: str = "quadratic"
     mmps_covariance: str = "empirical"
     bands: tuple[str, ...] = BANDS
@@ -226,12 +231,15 @@ PROFILES: dict[str, Profile] = {
         dataset_size=12000, train_steps=4200, batch_size=256, checkpoint_every=500, max_shift_px=3,
         lr=3e-4, lr_schedule="cosine", lr_warmup_steps=100, shift_start_fraction=0.0,
         # Posterior sampling dominates the notebooks' CPU time: an MMPS step costs one network
-        # evaluation plus cg_iters products by A and A^T. The CG solve of a bright galaxy
-        # (i ~ 18) is the slowest to converge: its residual still stands at 1e-3 of its start
-        # after 60 iterations, and the samples are then too wide there; 240 iterations (or a
-        # tolerance, cg_tol) bring i = 18 into calibration but not i = 22, and cost twice the
-        # notebooks' sampling time (bench/bench_calibration.py measures the settings; README).
-        sampling_steps=20, cg_iters=60, n_posterior=16, n_prior=64, n_mock=8,
+        # evaluation plus cg_iters products by A and A^T (one product ~2.7 ms for 4 samples
+        # against ~95 ms for the network, this CPU). The CG solve of a bright galaxy (i ~ 18) is
+        # the slowest to converge: from D, 60 iterations leave the solution 30-100 % (in norm)
+        # away from its 240-iteration value, and the samples then carry 24 % too much pixel-scale
+        # structure in the core, which TARP sees (0.50 against a null of 0.33 on 33 prior draws).
+        # Starting each step's CG from the previous step's x0_post (warm_start) and 120
+        # iterations remove that excess (TARP 0.28) at 1.5 times the sampling cost of 60 cold
+        # iterations; 240 cold iterations do the same at 3.2 times (bench/bench_calibration.py, README).
+        sampling_steps=20, cg_iters=120, warm_start=True, n_posterior=16, n_prior=64, n_mock=8,
     ),
     "paper": Profile(
         name="paper", image_size=256, pixel_scale_kpc=0.4,  # prediction: the published epsilon (default)

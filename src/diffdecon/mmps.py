@@ -61,15 +61,17 @@ COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES
 """Accepted values of the ``covariance`` argument of :func:`mmps` (:data:`diffdecon.config.MMPS_COVARIANCES`)."""
 
 
-def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None, tol: float | None = None) -> torch.Tensor:
+def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None, tol: float | None = None,
+        u0: torch.Tensor | None = None) -> torch.Tensor:
     """Batched (preconditioned) conjugate gradients for ``M u = b``, ``M`` symmetric positive
     definite and block diagonal over the batch (one system per sample: per-sample scalars).
     ``m_inv``: the inverse of a diagonal preconditioner, shaped like ``b`` (or ``None``).
     ``tol``: stop before ``iters`` once every system's preconditioned residual norm
-    ``sqrt(r^T m_inv r)`` is below ``tol`` times its initial value (None: run all ``iters``)."""
+    ``sqrt(r^T m_inv r)`` is below ``tol`` times its initial value (None: run all ``iters``).
+    ``u0``: the initial guess (default 0); the tolerance is then relative to the residual of ``u0``."""
     tiny = torch.finfo(b.dtype).tiny
-    u = torch.zeros_like(b)
-    res = b.clone()
+    u = torch.zeros_like(b) if u0 is None else u0.detach().clone()
+    res = b.clone() if u0 is None else b - matvec(u)
     z = res if m_inv is None else m_inv * res
     p = z.clone()
     rz = _bdot(res, z)
@@ -179,7 +181,7 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
                       generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None,
                       variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                       linearise: Callable[[torch.Tensor], tuple] | None = None, cg_tol: float | None = None,
-                      newton: int = 1):
+                      newton: int = 1, init: torch.Tensor | None = None):
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
     :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
@@ -219,6 +221,11 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     ``forward`` anew at the current ``x`` and solves
     ``(V_t^-1 + A_x^T Sigma_y^-1 A_x) dx = A_x^T Sigma_y^-1 (y - A(x)) - V_t^-1 (x - D)``
     (plus the same perturbations), so that ``A(x0_post)``, not only its linearisation, fits the data.
+
+    ``init`` (prior space, shaped like ``x_t``): CG's initial guess for ``x0_post`` (the first
+    linearisation starts from ``init - D`` instead of 0), e.g. the previous step's ``x0_post``
+    (``warm_start`` of :func:`mmps`). The system is the same; only the iterations' starting point
+    moves, so a converged solve does not depend on it.
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
@@ -247,7 +254,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
                 return v_inv(v) + vjp_A(jvp_A(v) / s2)
 
             m_inv = None if precond is None else 1.0 / (1.0 / c + precond(x).to(D.dtype))
-            step = _cg(matvec, b.detach(), cg_iters, m_inv, cg_tol).detach()
+            u0 = None if (k or init is None) else (init.detach().to(D.dtype) - D)
+            step = _cg(matvec, b.detach(), cg_iters, m_inv, cg_tol, u0).detach()
         delta = x - D + step
         x = D + (delta if max_step is None else delta.clamp(-max_step, max_step))
     return _clip(x, x0_clip), D
@@ -335,6 +343,7 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     linearise: Callable[[torch.Tensor], tuple] | None = None,
     cg_tol: float | None = None,
     newton: int = 1,
+    warm_start: bool = False,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -355,12 +364,16 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
     covariances only: ``forward`` linearised in closed form, :func:`mmps_isotropic_x0`) and
     ``cg_tol`` (diagonal covariances only: CG stops once its preconditioned residual has fallen
     by that factor, at most ``cg_iters`` iterations; None runs them all) and ``newton``
-    (diagonal covariances only: Gauss-Newton linearisations per step, :func:`mmps_isotropic_x0`).
+    (diagonal covariances only: Gauss-Newton linearisations per step, :func:`mmps_isotropic_x0`)
+    and ``warm_start`` (diagonal covariances only: each step's CG starts from the previous step's
+    ``x0_post`` instead of from ``D``; the system of the step is unchanged).
 
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
     _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol)
+    if warm_start and covariance == "tweedie":
+        raise ValueError("warm_start is used by the diagonal covariances only; pass warm_start=False with 'tweedie'")
     if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
         raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
     if covariance == "empirical" and variance is None:
@@ -369,11 +382,14 @@ def mmps(  # long by its 19 documented parameters: the body is one loop
         variance = of_prior(prior, progress=progress)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
+    x0_prev = None
     for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps ({covariance})", disable=not progress, leave=False)):
         if covariance != "tweedie":
             g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
-                                           max_step, variance, linearise, cg_tol, newton)
+                                           max_step, variance, linearise, cg_tol, newton,
+                                           x0_prev if warm_start else None)
+            x0_prev = x0_post
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
         z = _randn((n, *chw), generator, x.dtype, x.device) if a_prev[i] < 1 else None
