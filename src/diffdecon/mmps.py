@@ -318,7 +318,7 @@ def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=
         raise ValueError(f"variance is used by covariance='empirical' only, got covariance={covariance!r}")
 
 
-def mmps(  # long by its 19 documented parameters: the body is one loop
+def mmps(  # long by its documented parameters: the body is one loop
     prior: Any,
     y,
     forward: Callable[[torch.Tensor], torch.Tensor],
