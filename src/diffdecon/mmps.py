@@ -299,7 +299,8 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=
     return x0_post.detach(), D.detach()
 
 
-def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=None, cg_tol=None) -> None:
+def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=None, cg_tol=None,
+                     warm_start=False) -> None:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     if not 0.0 <= eta <= 1.0:
@@ -314,6 +315,8 @@ def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=
         raise ValueError(f"cg_tol={cg_tol!r}: expected None or a float in (0, 1)")
     if linearise is not None and covariance == "tweedie":
         raise ValueError("linearise is used by the diagonal covariances only; pass linearise=None with 'tweedie'")
+    if warm_start and covariance == "tweedie":
+        raise ValueError("warm_start is used by the diagonal covariances only; pass warm_start=False with 'tweedie'")
     if variance is not None and covariance != "empirical":
         raise ValueError(f"variance is used by covariance='empirical' only, got covariance={covariance!r}")
 
@@ -371,9 +374,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
-    _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol)
-    if warm_start and covariance == "tweedie":
-        raise ValueError("warm_start is used by the diagonal covariances only; pass warm_start=False with 'tweedie'")
+    _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol, warm_start)
     if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
         raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
     if covariance == "empirical" and variance is None:
