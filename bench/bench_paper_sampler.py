@@ -292,17 +292,18 @@ def _setup(args):
     problem, args.galaxy = make_problem(P, args.device)
     st = validation.sampler_settings(P)
     kwargs = {m: sampler_kwargs(st, m) for m in args.methods}
-    if kwargs.get("mmps", {}).get("covariance") == "empirical":
+    if kwargs.get("mmps", {}).get("covariance") in ("empirical", "annuli"):
         # The cost of a step does not depend on the table's values: a small table, measured
         # once outside the timings on 4 sky-like images (the untrained network has no
         # training set to measure on; denoiser_variance.of_prior would build it).
-        from diffdecon.denoiser_variance import measure
+        from diffdecon.denoiser_variance import annuli_px, measure
         from diffdecon.samplers import timesteps
 
         g = torch.Generator().manual_seed(P.seed)
         x0 = (-1.0 + 0.1 * torch.randn(4, len(P.bands), P.image_size, P.image_size, generator=g)).to(args.device)
+        annuli = annuli_px(P.pixel_scale_kpc) if kwargs["mmps"]["covariance"] == "annuli" else None
         kwargs["mmps"]["variance"] = measure(prior, x0, timesteps(P.diffusion_steps, 8, "quadratic"), g,
-                                             progress=False)
+                                             progress=False, annuli=annuli)
     return P, prior, problem, st, kwargs
 
 

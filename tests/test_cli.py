@@ -139,6 +139,10 @@ def test_deconvolve_end_to_end(obs_files, test_prior, capsys):
     with fits.open(out) as hdul:
         assert "SAMPLES" not in [h.name for h in hdul]
         assert hdul[0].header["MMPSCOV"] == "isotropic"
+    # the annulus covariance: the same table (cached), with its annulus term
+    assert cli.main(_args(obs_files, out, "--overwrite", "--covariance", "annuli"), prior=test_prior) == 0
+    with fits.open(out) as hdul:
+        assert hdul[0].header["MMPSCOV"] == "annuli"
 
 
 # ------------------------------------------------------------------ bad inputs

@@ -1,5 +1,7 @@
 """The denoiser-variance table against the closed form of a Gaussian prior."""
 
+import math
+
 import pytest
 import torch
 
@@ -85,7 +87,7 @@ def test_mmps_empirical_is_exact_for_a_white_gaussian_prior():
     # 64 pixels by ~2 % (measured 1.00); the mean error in posterior std units by 1/16 (0.05).
     assert 0.85 < err["var_ratio"] < 1.15
     assert err["mean_err_rms"] < 0.15
-    with pytest.raises(ValueError, match="variance is used by covariance='empirical' only"):
+    with pytest.raises(ValueError, match="variance is used by covariance='empirical' or 'annuli' only"):
         samplers.mmps(prior, y, forward, sigma_y, torch.Generator(), 2, steps=3, variance=dv, progress=False)
 
 
@@ -160,3 +162,95 @@ def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_an_offset():
     assert 0.75 < float(level.std()) / sd_level < 1.3
     # without the offset term the level's spread is wrong (measured: 1.65 times the exact sd)
     assert not 0.75 < float(level_diag.std()) / sd_level < 1.3
+
+
+ANNULI = (0.0, 1.5, 3.0, math.inf)  # three annuli of an 8 x 8 image: 4, 28 and 32 px
+
+
+def _annulus_prior(v: float, Lam: torch.Tensor, side: int = 8, mu: float = -0.5):
+    """N(mu, v I + G Lam G^T), G the annulus masks (P x K)."""
+    G = dvm.annulus_masks(ANNULI, (side, side)).reshape(len(ANNULI) - 1, -1).T
+    cov = v * torch.eye(side * side, dtype=torch.float64) + G @ Lam @ G.T
+    return calibration.GaussianPrior(torch.full((side * side,), mu, dtype=torch.float64), cov,
+                                     shape=(1, side, side)), cov, G
+
+
+def test_annulus_masks_tile_the_image_and_bad_radii_are_refused():
+    G = dvm.annulus_masks(ANNULI, (8, 8))
+    assert G.shape == (3, 8, 8) and torch.equal(G.sum(0), torch.ones(8, 8))
+    assert G.sum((1, 2)).tolist() == [4.0, 28.0, 32.0]
+    for bad in [(1.0, math.inf), (0.0, 3.0), (0.0, 3.0, 2.0, math.inf), (0.0,)]:
+        with pytest.raises(InputValueError, match="annuli"):
+            dvm.annulus_masks(bad, (8, 8))
+
+
+def test_annulus_covariance_matches_gaussian_tweedie_covariance():
+    """For x0 ~ N(mu, v I + G Lam G^T) with disjoint annuli, the Tweedie covariance is
+    f(v) I + G Lam' G^T with f(s) = sigma^2 s / (alpha^2 s + sigma^2) and, with N = diag(n_k),
+    Lam' = N^-1/2 (f(v I + N^1/2 Lam N^1/2) - f(v) I) N^-1/2 (f of a matrix): 2048 draws."""
+    v = 0.04
+    Lam = torch.tensor([[0.02, 0.01, 0.0], [0.01, 0.01, 0.004], [0.0, 0.004, 0.003]], dtype=torch.float64)
+    prior, _, G = _annulus_prior(v, Lam)
+    times = [50, 300, 800]
+    N = 2048
+    dv = dvm.measure(prior, prior.sample(N, torch.Generator().manual_seed(0)), times,
+                     torch.Generator().manual_seed(1), progress=False, annuli=ANNULI)
+    n = G.sum(0)
+    abar = _alphas_cumprod(prior)
+    for t in times:
+        a = float(abar[t])
+        M = v * torch.eye(3, dtype=torch.float64) + n.sqrt()[:, None] * Lam * n.sqrt()[None, :]
+        ew, ev = torch.linalg.eigh(M)
+        fM = ev @ torch.diag((1 - a) * ew / (a * ew + 1 - a)) @ ev.T
+        fv = (1 - a) * v / (a * v + 1 - a)
+        exact = (fM - fv * torch.eye(3, dtype=torch.float64)) / (n.sqrt()[:, None] * n.sqrt()[None, :])
+        # covariance of the annulus sums s: n_k fv + n Lam' n; the estimate of E[s_i s_j] has std
+        # sqrt((E[s_i^2] E[s_j^2] + E[s_i s_j]^2) / N); four of them, divided by n_i n_j
+        Ss = fv * torch.diag(n) + n[:, None] * exact * n[None, :]
+        tol = 4 * ((Ss.diag()[:, None] * Ss.diag()[None, :] + Ss**2) / N).sqrt() / (n[:, None] * n[None, :])
+        got = dv.lowrank_at(t, (8, 8))[1][0]
+        assert torch.all((got - exact).abs() < tol), (t, got, exact, tol)
+    back = dvm.DenoiserVariance.from_dict(dv.to_dict())
+    assert back.annuli == ANNULI and back.annulus_cov.equal(dv.annulus_cov)
+
+
+def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_annulus_covariance():
+    """With the annulus term (covariance="annuli") V_t is the exact Tweedie covariance of
+    N(mu, v I + G Lam G^T), and MMPS samples the exact posterior: pixel variances and the sums over the annuli (what the
+    data constrain best when the image is blurred) have the exact mean and spread; the offset
+    term alone (one level for the whole image) puts the annulus sums off by posterior sd."""
+    from diffdecon import samplers
+
+    side, sigma_y, v = 8, 0.05, 0.01
+    Lam = torch.tensor([[0.05, -0.01, 0.0], [-0.01, 0.01, -0.004], [0.0, -0.004, 0.004]], dtype=torch.float64)
+    prior, cov, G = _annulus_prior(v, Lam, side)
+    A = calibration.blur_downsample_matrix(side, 1.0, 2)
+    g = torch.Generator().manual_seed(0)
+    x_true = prior.sample(1, g)
+    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, 4, 4)
+    mu_post, Sigma_post = calibration.exact_posterior(prior.mu, cov, A, sigma_y, y)
+    dv = dvm.measure(prior, prior.sample(1024, g), samplers.timesteps(1000, 32, "quadratic"),
+                     torch.Generator().manual_seed(2), progress=False, annuli=ANNULI)
+
+    def forward(x):
+        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, 4, 4)
+
+    def run(covariance):
+        x = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(3), 256, steps=20, cg_iters=20,
+                          covariance=covariance, variance=dv, spacing="quadratic", x0_draw=True, progress=False)
+        return calibration.posterior_moment_errors(x, mu_post, Sigma_post), x.flatten(1) @ G
+
+    sd_sums = (G.T @ Sigma_post @ G).diag().sqrt()  # exact posterior sd of the annulus sums
+    err, sums = run("annuli")
+    # 256 samples: the Monte-Carlo error of a variance is sqrt(2 / 256) = 9 %, of a mean 1/16 sd
+    assert 0.8 < err["var_ratio"] < 1.25 and err["mean_err_rms"] < 0.2, err
+    ratio = sums.std(0) / sd_sums
+    assert torch.all((ratio > 0.75) & (ratio < 1.3)), ratio
+    assert torch.all((sums.mean(0) - G.T @ mu_post).abs() < 0.3 * sd_sums)
+    # "empirical" drops the annulus term for the offset term: annulus sums off by 1.5-2.1
+    # posterior sd (measured), the pixel means by 0.87 sd rms
+    _, sums_off = run("empirical")
+    assert float(((sums_off.mean(0) - G.T @ mu_post).abs() / sd_sums).max()) > 1.0
+    with pytest.raises(ValueError, match="covariance='annuli' needs a variance with an annulus term"):
+        samplers.mmps(prior, y, forward, sigma_y, torch.Generator(), 2, steps=3, covariance="annuli",
+                      variance=dv.without_annuli(), progress=False)

@@ -4,6 +4,8 @@ preconditioner against brute force."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -215,23 +217,49 @@ def test_max_step_bounds_the_update(problem):
     assert float((bounded - D2).abs().max()) <= 0.05 + 1e-12
 
 
-def test_covariance_square_root_gives_diagonal_plus_offset():
-    """S S^T = diag(c) + lambda 1 1^T per band, exactly: S applied to the identity's columns,
-    compared densely (float64, tolerance 1e-10)."""
-    from diffdecon.mmps import _covariance_sqrt
+def test_low_rank_covariance_products_are_exact():
+    """For V = diag(c) + G Lambda G^T per band and sample (G: three annuli of a 5 x 5 image,
+    Lambda a random PSD matrix in band 0 and the rank-one offset term lambda 1 1^T in band 1):
+    S S^T = V, W W^T = V^-1 and the product by V^-1, compared densely with the matrices
+    (float64, tolerance 1e-10)."""
+    from diffdecon.denoiser_variance import annulus_masks
+    from diffdecon.mmps import _covariance_sqrt, _inverse_covariance
 
     g = torch.Generator().manual_seed(3)
-    c = 0.1 + torch.rand(1, 2, 3, 3, generator=g, dtype=torch.float64)
-    lam = torch.tensor([0.5, 2.0], dtype=torch.float64)
-    D = torch.zeros(1, 2, 3, 3, dtype=torch.float64)
-    s_times = _covariance_sqrt(c, lambda t: lam, 0, D)
-    for b in range(2):
-        cols = torch.zeros(9, 1, 2, 3, 3, dtype=torch.float64)
-        for k in range(9):
-            cols[k, 0, b].view(-1)[k] = 1.0
-        S = torch.stack([s_times(cols[k])[0, b].flatten() for k in range(9)], 1)  # column k = S e_k
-        want = torch.diag(c[0, b].flatten()) + lam[b] * torch.ones(9, 9, dtype=torch.float64)
-        torch.testing.assert_close(S @ S.T, want, atol=1e-10, rtol=0)
+    H = W = 5
+    c = 0.1 + torch.rand(2, 2, H, W, generator=g, dtype=torch.float64)
+    annuli = (0.0, 1.0, 2.0, math.inf)
+    G = annulus_masks(annuli, (H, W))
+    K = len(G)
+    Lam = torch.zeros(2, K, K, dtype=torch.float64)
+    a = torch.randn(K, K, generator=g, dtype=torch.float64)
+    Lam[0] = a @ a.T
+
+    def lowrank_at(t, shape):
+        if t == 0:
+            return annulus_masks(annuli, shape), Lam
+        return torch.ones(1, *shape, dtype=torch.float64), torch.tensor([0.0, 0.7], dtype=torch.float64).view(2, 1, 1)
+
+    D = torch.zeros_like(c)
+    for t in (0, 1):
+        Gm = (G if t == 0 else torch.ones(1, H, W, dtype=torch.float64)).reshape(-1, H * W).T  # P x K
+        L = lowrank_at(t, (H, W))[1]
+        v_inv, v_inv_half = _inverse_covariance(c, lowrank_at, t, D)
+        s_times = _covariance_sqrt(c, lowrank_at, t, D)
+        for n in range(2):
+            for b in range(2):
+                cols = torch.zeros(H * W, 2, 2, H, W, dtype=torch.float64)
+                for k in range(H * W):
+                    cols[k, n, b].view(-1)[k] = 1.0
+
+                def dense(op):  # column k = op(e_k)
+                    return torch.stack([op(cols[k])[n, b].flatten() for k in range(H * W)], 1)
+
+                V = torch.diag(c[n, b].flatten()) + Gm @ L[b] @ Gm.T
+                S, Wh, Vi = dense(s_times), dense(v_inv_half), dense(v_inv)
+                torch.testing.assert_close(S @ S.T, V, atol=1e-10, rtol=0)
+                torch.testing.assert_close(Wh @ Wh.T, torch.linalg.inv(V), atol=1e-10, rtol=0)
+                torch.testing.assert_close(Vi, torch.linalg.inv(V), atol=1e-10, rtol=0)
 
 
 def test_prior_chain_without_draws_is_ddim_and_with_draws_matches_mmps_without_data(problem):

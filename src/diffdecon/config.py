@@ -46,7 +46,7 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 TIME_SPACINGS: tuple[str, ...] = ("linear", "quadratic")
 """Accepted values of :attr:`Profile.time_spacing` and of ``spacing`` in :func:`diffdecon.samplers.timesteps`."""
 
-MMPS_COVARIANCES: tuple[str, ...] = ("empirical", "isotropic", "tweedie")
+MMPS_COVARIANCES: tuple[str, ...] = ("empirical", "annuli", "isotropic", "tweedie")
 """Accepted values of :attr:`Profile.mmps_covariance` and of ``covariance`` in :func:`diffdecon.mmps.mmps`."""
 
 
@@ -123,7 +123,9 @@ class Profile:
         (:func:`diffdecon.samplers.timesteps`); ``"quadratic"`` puts the steps at low noise.
     mmps_covariance : str
         ``covariance`` of :func:`diffdecon.mmps.mmps`, one of :data:`MMPS_COVARIANCES`
-        (``"empirical"``: the denoiser's measured error per band and pixel value).
+        (``"empirical"``: the denoiser's measured error per band and pixel value plus a
+        per-band offset term; ``"annuli"``: the same diagonal with the errors' covariance
+        within and between annuli about the centre, :mod:`diffdecon.denoiser_variance`).
     n_posterior, n_prior : int
         Posterior samples per target (paper: 256) and unconditional prior samples for
         the variance ratio (paper: 1024).

@@ -22,6 +22,13 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
   (a uniform sky level the prior knows less well than any one pixel). Without that term the
   data cannot move the sky level as a whole, and at high signal-to-noise the samples lack
   the faint light spread over the image.
+* ``"annuli"``: the same diagonal plus, instead of the offset term, a per-band low-rank term
+  ``G Lambda_t G^T``, the covariance the errors of pixels share within and between annuli
+  about the image centre (``G`` the annulus masks, of which the offset term is the
+  one-annulus case): the light of a whole ring, which the prior knows less well than the
+  sum of its pixels' variances says. With the offset term alone the data cannot move a
+  ring's light as a whole, and at faint magnitudes the samples put too much light in the
+  core and too little in the outskirts.
 * ``"isotropic"`` (the default of :func:`mmps`): ``V_t = c_t I`` with ``c_t = sigma_t^2 v0 / (alpha_t^2 v0 +
   sigma_t^2)``, the Tweedie covariance of a ``N(mu, v0 I)`` prior (``v0 = 1`` by default: the
   images span about [-1, 2]); it tends to ``sigma_t^2 / alpha_t^2``, the limit of every prior,
@@ -29,8 +36,8 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
 
       x0_post = D + delta,   (I / c_t + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D)),   (Woodbury form)
 
-  (with the empirical ``V_t``, ``I / c_t`` becomes ``V_t^-1``, diagonal plus rank one per band
-  and inverted by Sherman-Morrison) whose matrix is symmetric positive
+  (with the empirical ``V_t``, ``I / c_t`` becomes ``V_t^-1``, diagonal plus low rank per band
+  and inverted by Woodbury, :class:`_LowRank`) whose matrix is symmetric positive
   definite whatever the network, solved by
   preconditioned conjugate gradients with only products by ``A`` and ``A^T`` (no pass
   through the network: one network evaluation per step). The Jacobi preconditioner
@@ -59,6 +66,11 @@ __all__ = ["COVARIANCES", "mmps", "mmps_prior", "mmps_x0", "mmps_isotropic_x0"]
 
 COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES
 """Accepted values of the ``covariance`` argument of :func:`mmps` (:data:`diffdecon.config.MMPS_COVARIANCES`)."""
+MEASURED: tuple[str, ...] = ("empirical", "annuli")
+"""The covariances measured from the denoiser's errors (:mod:`diffdecon.denoiser_variance`)."""
+DIAGONAL_FLOOR: float = 0.5
+"""Smallest diagonal of an empirical ``V_t`` as a fraction of the pixel's tabulated variance
+(:func:`_diagonal_variance`)."""
 
 
 def _cg(matvec, b: torch.Tensor, iters: int, m_inv=None, tol: float | None = None,
@@ -110,70 +122,96 @@ def _linearised(forward, D: torch.Tensor):
 
 
 def _diagonal_variance(a: float, v0: float, variance, D: torch.Tensor, t: int):
-    """``(c, offset_at)`` of ``V_t``: ``c`` the isotropic ``(1 - a) v0 / (a v0 + 1 - a)`` (the Tweedie
-    covariance of a ``N(mu, v0 I)`` prior, ``a = abar_t``) and no offset term without ``variance``,
-    else ``variance(D, t)`` (shaped like ``D``) and its ``offset_at`` if it has one."""
+    """``(c, lowrank_at)`` of ``V_t``: ``c`` the isotropic ``(1 - a) v0 / (a v0 + 1 - a)`` (the Tweedie
+    covariance of a ``N(mu, v0 I)`` prior, ``a = abar_t``) and no low-rank term without ``variance``,
+    else ``variance(D, t)`` (shaped like ``D``) and its ``lowrank_at`` if it has one. ``variance``
+    gives each pixel's whole variance ``E[e_i^2]``, of which the low-rank term already holds
+    ``Lambda_kk`` (the covariance the pixel shares with the others of its annulus ``k``): the
+    diagonal is ``c - Lambda_kk``, floored at :data:`DIAGONAL_FLOOR` ``c`` where a pixel's
+    variance is below its annulus's shared part (a sky pixel among a galaxy's outskirts).
+    Exact for a Gaussian prior (tested)."""
     if variance is None:
         return (1.0 - a) * v0 / (a * v0 + 1.0 - a), None
-    return variance(D, t), getattr(variance, "offset_at", None)
+    c, lowrank_at = variance(D, t), getattr(variance, "lowrank_at", None)
+    lr = None if lowrank_at is None else lowrank_at(t, tuple(D.shape[-2:]))
+    if lr is not None:  # c is each pixel's whole variance; Lambda_kk of it is shared with its annulus
+        shared = torch.einsum("khw,ck->chw", torch.as_tensor(lr[0], dtype=torch.float64),
+                              torch.diagonal(torch.as_tensor(lr[1], dtype=torch.float64), dim1=-2, dim2=-1))
+        c = torch.maximum(c - shared.to(c.dtype).to(c.device), DIAGONAL_FLOOR * c)
+    return c, lowrank_at
 
 
-def _offset_terms(c, offset_at, t: int, D: torch.Tensor):
-    """``(c, lambda, |u|^2)`` of ``V_t = diag(c) + lambda_t 1 1^T`` per band and sample, ``c``
-    broadcast to ``D``'s shape (sums over pixels need it), ``lambda`` (1, C, 1, 1) and
-    ``|u|^2 = 1^T c^-1 1``; None when there is no offset term (``offset_at`` None, or it gives
-    None or no positive value)."""
-    lam = None if offset_at is None else offset_at(t)
-    if lam is None or not bool((torch.as_tensor(lam) > 0).any()):
+class _LowRank:
+    """``V_t = diag(c) + G Lambda G^T`` per band and sample, ``G`` (K, H, W) images (columns of
+    a P x K matrix) and ``Lambda`` (C, K, K) symmetric positive semi-definite (the annulus
+    term of :class:`diffdecon.denoiser_variance.DenoiserVariance`; ``G = 1``, ``K = 1`` is the
+    offset term ``lambda 1 1^T``). With ``B = G L`` (``L L^T = Lambda``) and ``U = c^-1/2 B``,
+
+        V = c^1/2 (I + U U^T) c^1/2,      (I + U U^T)^p = I + U R g_p(w) R^T U^T,
+        g_p(w) = ((1 + w)^p - 1) / w,     U^T U = R diag(w) R^T  (K x K per band and sample),
+
+    so ``V^-1``, ``V^-1/2`` and ``V^1/2`` are products by ``c^-+1/2`` and ``K x K`` algebra
+    (Woodbury; for ``K = 1`` the Sherman-Morrison forms)."""
+
+    def __init__(self, c, G: torch.Tensor, Lam: torch.Tensor, D: torch.Tensor):
+        self.c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)  # (N, C, H, W)
+        G = torch.as_tensor(G, dtype=torch.float64)
+        Lam = torch.as_tensor(Lam, dtype=torch.float64)
+        ew, ev = torch.linalg.eigh(0.5 * (Lam + Lam.transpose(-1, -2)))  # (C, K), (C, K, K)
+        L = ev * ew.clamp_min(0.0).sqrt().unsqueeze(-2)  # L L^T = Lambda (its PSD part)
+        self.B = torch.einsum("ckj,khw->cjhw", L, G).to(D.dtype).to(D.device)  # (C, K, H, W): columns of B
+        rc = self.c.rsqrt()
+        M = torch.einsum("cihw,cjhw,nchw->ncij", self.B, self.B, rc * rc)  # U^T U (N, C, K, K)
+        w, self.R = torch.linalg.eigh(M)
+        self.w = w.clamp_min(0.0)
+
+    def _op(self, xi: torch.Tensor, p: float) -> torch.Tensor:
+        """``(I + U U^T)^p xi`` (:class:`_LowRank`)."""
+        rc = self.c.rsqrt()
+        small = self.w < 1e-12
+        g = torch.where(small, torch.full_like(self.w, p),
+                        torch.expm1(p * torch.log1p(self.w)) / torch.where(small, torch.ones_like(self.w), self.w))
+        ut = torch.einsum("cjhw,nchw->ncj", self.B, xi * rc)  # U^T xi
+        z = torch.einsum("ncij,ncj->nci", self.R, g * torch.einsum("ncji,ncj->nci", self.R, ut))
+        return xi + torch.einsum("cjhw,ncj->nchw", self.B, z) * rc
+
+    def inv(self, v):  # V^-1 v = c^-1/2 (I + U U^T)^-1 c^-1/2 v
+        rc = self.c.rsqrt()
+        return rc * self._op(v * rc, -1.0)
+
+    def inv_half(self, xi):  # W xi, W W^T = V^-1: c^-1/2 (I + U U^T)^-1/2 xi
+        return self.c.rsqrt() * self._op(xi, -0.5)
+
+    def sqrt(self, xi):  # S xi, S S^T = V: c^1/2 (I + U U^T)^1/2 xi
+        return self.c.sqrt() * self._op(xi, 0.5)
+
+
+def _lowrank_terms(c, lowrank_at, t: int, D: torch.Tensor) -> _LowRank | None:
+    """The :class:`_LowRank` ``V_t`` of ``c`` and ``lowrank_at(t, (H, W)) -> (G, Lambda)``; None
+    when there is no low-rank term (``lowrank_at`` None, or it gives None or ``Lambda = 0``)."""
+    lr = None if lowrank_at is None else lowrank_at(t, tuple(D.shape[-2:]))
+    if lr is None or not bool((torch.as_tensor(lr[1]) != 0).any()):
         return None
-    c = torch.as_tensor(c, dtype=D.dtype, device=D.device) * torch.ones_like(D)
-    lam = torch.as_tensor(lam, dtype=D.dtype, device=D.device).view(1, -1, 1, 1)
-    return c, lam, (1.0 / c).sum((-2, -1), keepdim=True)
+    return _LowRank(c, lr[0], lr[1], D)
 
 
-def _inverse_covariance(c, offset_at, t: int, D: torch.Tensor):
+def _inverse_covariance(c, lowrank_at, t: int, D: torch.Tensor):
     """Products by ``V_t^-1`` and by a square root ``W`` of it (``W W^T = V_t^-1``) for
-    ``V_t = diag(c) + lambda_t 1 1^T`` per band and sample (``lambda_t = offset_at(t)``, (C,);
-    no offset term when ``offset_at`` is None or gives None). Sherman-Morrison, with
-    ``u = c^-1/2 1``, ``beta = lambda / (1 + lambda |u|^2)``:
-
-        V^-1 = c^-1/2 (I - beta u u^T) c^-1/2,      (I - beta u u^T) = (I - gamma u_hat u_hat^T)^2,
-        gamma = 1 - sqrt(1 - beta |u|^2),            u_hat = u / |u|.
-    """
-    terms = _offset_terms(c, offset_at, t, D)
+    ``V_t = diag(c) + G Lambda_t G^T`` per band and sample (``lowrank_at(t, (H, W))`` gives
+    ``(G, Lambda_t)``; diagonal when ``lowrank_at`` is None or gives None): :class:`_LowRank`."""
+    terms = _lowrank_terms(c, lowrank_at, t, D)
     if terms is None:
         return (lambda v: v / c), (lambda xi: xi / c**0.5)  # c may stay a scalar (isotropic)
-    c, lam, u2 = terms
-    beta = lam / (1.0 + lam * u2)
-    gamma = 1.0 - (1.0 - beta * u2).clamp_min(0.0) ** 0.5
-
-    def v_inv(v):  # c^-1 v - beta c^-1 1 (1^T c^-1 v)
-        w = v / c
-        return w - beta * w.sum((-2, -1), keepdim=True) / c
-
-    def v_inv_half(xi):  # c^-1/2 (xi - gamma u_hat (u_hat . xi))
-        u_hat = c**-0.5 / u2**0.5
-        return (xi - gamma * u_hat * (u_hat * xi).sum((-2, -1), keepdim=True)) / c**0.5
-
-    return v_inv, v_inv_half
+    return terms.inv, terms.inv_half
 
 
-def _covariance_sqrt(c, offset_at, t: int, D: torch.Tensor):
-    """Product by a square root ``S`` of ``V_t`` (``S S^T = V_t``) for ``V_t = diag(c) + lambda_t 1 1^T``
-    per band and sample (as :func:`_inverse_covariance`): with ``u = c^-1/2 1``,
-    ``V = c^1/2 (I + lambda |u|^2 u_hat u_hat^T) c^1/2``, so
-    ``S xi = c^1/2 (xi + (sqrt(1 + lambda |u|^2) - 1) u_hat (u_hat . xi))``."""
-    terms = _offset_terms(c, offset_at, t, D)
+def _covariance_sqrt(c, lowrank_at, t: int, D: torch.Tensor):
+    """Product by a square root ``S`` of ``V_t`` (``S S^T = V_t``), ``V_t`` as in
+    :func:`_inverse_covariance`."""
+    terms = _lowrank_terms(c, lowrank_at, t, D)
     if terms is None:
         return lambda xi: xi * c**0.5
-    c, lam, u2 = terms
-    k = (1.0 + lam * u2) ** 0.5 - 1.0
-
-    def s_times(xi):
-        u_hat = c**-0.5 / u2**0.5
-        return (xi + k * u_hat * (u_hat * xi).sum((-2, -1), keepdim=True)) * c**0.5
-
-    return s_times
+    return terms.sqrt
 
 
 def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 10, x0_clip=None,
@@ -185,8 +223,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
     :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
-    ``lambda_t 1 1^T`` per band when ``variance`` has an ``offset_at(t)`` giving
-    ``lambda_t`` (C,) (:func:`_inverse_covariance`).
+    ``G Lambda_t G^T`` per band when ``variance`` has a ``lowrank_at(t, (H, W))`` giving
+    ``(G, Lambda_t)`` ((K, H, W), (C, K, K)) (:func:`_diagonal_variance`, :class:`_LowRank`).
 
     Solves ``(V_t^-1 + A^T Sigma_y^-1 A) delta = A^T Sigma_y^-1 (y - A(D))`` (module
     docstring) with ``cg_iters`` preconditioned CG iterations and returns
@@ -233,9 +271,9 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
         raise ValueError(f"newton={newton!r}: expected a positive int")
     with torch.no_grad():
         D = _clip(prior.x0_hat(x_t.detach(), _time_batch(t, x_t.shape[0], x_t.device)), x0_clip)
-        c, offset_at = _diagonal_variance(float(_alphas_cumprod(prior)[t]), v0, variance, D, t)
+        c, lowrank_at = _diagonal_variance(float(_alphas_cumprod(prior)[t]), v0, variance, D, t)
     s2 = sigma_y**2
-    v_inv, v_inv_half = _inverse_covariance(c, offset_at, t, D)
+    v_inv, v_inv_half = _inverse_covariance(c, lowrank_at, t, D)
     y_pert, prior_pert = y, None
     x = D
     for k in range(newton):
@@ -317,8 +355,27 @@ def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=
         raise ValueError("linearise is used by the diagonal covariances only; pass linearise=None with 'tweedie'")
     if warm_start and covariance == "tweedie":
         raise ValueError("warm_start is used by the diagonal covariances only; pass warm_start=False with 'tweedie'")
-    if variance is not None and covariance != "empirical":
-        raise ValueError(f"variance is used by covariance='empirical' only, got covariance={covariance!r}")
+    if variance is not None and covariance not in MEASURED:
+        raise ValueError(f"variance is used by covariance='empirical' or 'annuli' only, got covariance={covariance!r}")
+
+
+def _measured_variance(prior, covariance: str, variance, progress: bool):
+    """The ``variance`` of a measured ``covariance`` (:data:`MEASURED`): ``variance`` or the
+    prior's table (:func:`diffdecon.denoiser_variance.of_prior`), without its annulus term for
+    ``"empirical"``; ``variance`` unchanged (None) for the others. ``"annuli"`` with a table
+    that has no annulus term is refused."""
+    if covariance not in MEASURED:
+        return variance
+    if variance is None:
+        from .denoiser_variance import of_prior
+
+        variance = of_prior(prior, progress=progress)
+    if covariance == "empirical" and getattr(variance, "annulus_cov", None) is not None:
+        return variance.without_annuli()
+    if covariance == "annuli" and getattr(variance, "annulus_cov", None) is None:
+        raise ValueError("covariance='annuli' needs a variance with an annulus term "
+                         "(diffdecon.denoiser_variance.measure(..., annuli=...)); got none")
+    return variance
 
 
 def mmps(  # long by its documented parameters: the body is one loop
@@ -361,7 +418,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     ``precond``, ``max_step`` and ``x0_draw`` (diagonal covariances only, see
     :func:`mmps_isotropic_x0`: with ``x0_draw`` the step starts from a draw of the Gaussian
     ``p(x_0 | x_t, y)``, otherwise from its mean, which under-disperses the samples on a
-    coarse time grid), ``variance`` (``"empirical"`` only: a callable ``(D, t) -> V_t``;
+    coarse time grid), ``variance`` (``"empirical"`` and ``"annuli"`` only: a callable ``(D, t) -> V_t``;
     default :func:`diffdecon.denoiser_variance.of_prior` of ``prior``), the ``spacing`` of
     the respaced times (:func:`diffdecon.samplers.timesteps`), ``linearise`` (diagonal
     covariances only: ``forward`` linearised in closed form, :func:`mmps_isotropic_x0`) and
@@ -377,10 +434,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol, warm_start)
     if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
         raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
-    if covariance == "empirical" and variance is None:
-        from .denoiser_variance import of_prior
-
-        variance = of_prior(prior, progress=progress)
+    variance = _measured_variance(prior, covariance, variance, progress)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
     x0_prev = None
@@ -427,26 +481,24 @@ def mmps_prior(  # the loop of mmps without data
     by the DDIM step with ``eta``. Parameters as :func:`mmps`. Returns ``(n, C, H, W)``
     prior-space samples.
     """
-    if covariance not in COVARIANCES or covariance == "tweedie":
+    if covariance not in COVARIANCES or covariance == "tweedie":  # a diagonal-plus-low-rank covariance
         raise ValueError(f"covariance={covariance!r}: expected one of "
                          f"{', '.join(c for c in COVARIANCES if c != 'tweedie')} (a diagonal covariance)")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta!r}: expected a float in [0, 1]")
-    if variance is not None and covariance != "empirical":
-        raise ValueError(f"variance is used by covariance='empirical' only, got covariance={covariance!r}")
-    if covariance == "empirical" and variance is None and x0_draw:
-        from .denoiser_variance import of_prior
-
-        variance = of_prior(prior, progress=progress)
+    if variance is not None and covariance not in MEASURED:
+        raise ValueError(f"variance is used by covariance='empirical' or 'annuli' only, got covariance={covariance!r}")
+    if x0_draw:
+        variance = _measured_variance(prior, covariance, variance, progress)
     abar = _alphas_cumprod(prior)
 
     def x0_step(D, t, last):  # a draw of N(D, V_t); the last step returns the mean, as in mmps
         if not x0_draw or last:
             return D
-        c, offset_at = _diagonal_variance(float(abar[t]), v0, variance, D, t)
-        delta = _covariance_sqrt(c, offset_at, t, D)(_randn(tuple(D.shape), generator, D.dtype, D.device))
+        c, lowrank_at = _diagonal_variance(float(abar[t]), v0, variance, D, t)
+        delta = _covariance_sqrt(c, lowrank_at, t, D)(_randn(tuple(D.shape), generator, D.dtype, D.device))
         if max_step is not None:
             delta = delta.clamp(-max_step, max_step)
         return _clip(D + delta, x0_clip)

@@ -104,6 +104,8 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
     if clip is not None:
         inputs["x0_clip"] = list(clip)
     tag = (P.time_spacing[:4] + ("draw" if drawn else "")) if method == "ancestral" else ""
+    if drawn and P.mmps_covariance != "empirical":  # the chain's V_t: one file per covariance
+        tag += "-" + P.mmps_covariance
     path = _cache_path(P.name, sha, method + tag, steps, n, seed, clip)
 
     def build(tmp: Path) -> None:
