@@ -125,15 +125,18 @@ def _diagonal_variance(a: float, v0: float, variance, D: torch.Tensor, t: int):
     """``(c, lowrank_at)`` of ``V_t``: ``c`` the isotropic ``(1 - a) v0 / (a v0 + 1 - a)`` (the Tweedie
     covariance of a ``N(mu, v0 I)`` prior, ``a = abar_t``) and no low-rank term without ``variance``,
     else ``variance(D, t)`` (shaped like ``D``) and its ``lowrank_at`` if it has one. ``variance``
-    gives each pixel's whole variance ``E[e_i^2]``, of which the low-rank term already holds
-    ``Lambda_kk`` (the covariance the pixel shares with the others of its annulus ``k``): the
-    diagonal is ``c - Lambda_kk``, floored at :data:`DIAGONAL_FLOOR` ``c`` where a pixel's
-    variance is below its annulus's shared part (a sky pixel among a galaxy's outskirts).
-    Exact for a Gaussian prior (tested)."""
+    gives each pixel's whole variance ``E[e_i^2]``, of which the annulus term (a ``variance``
+    with an ``annulus_cov``) already holds ``Lambda_kk`` (the covariance the pixel shares with
+    the others of its annulus ``k``): the diagonal is then ``c - Lambda_kk``, floored at
+    :data:`DIAGONAL_FLOOR` ``c`` where a pixel's variance is below its annulus's shared part (a
+    sky pixel among a galaxy's outskirts); exact for a Gaussian prior (tested). The offset term
+    stays on top of ``c``, as it was measured and calibrated (``lambda_t`` is 0.04-0.18 of the
+    sky's variance)."""
     if variance is None:
         return (1.0 - a) * v0 / (a * v0 + 1.0 - a), None
     c, lowrank_at = variance(D, t), getattr(variance, "lowrank_at", None)
-    lr = None if lowrank_at is None else lowrank_at(t, tuple(D.shape[-2:]))
+    annular = getattr(variance, "annulus_cov", None) is not None
+    lr = None if lowrank_at is None or not annular else lowrank_at(t, tuple(D.shape[-2:]))
     if lr is not None:  # c is each pixel's whole variance; Lambda_kk of it is shared with its annulus
         shared = torch.einsum("khw,ck->chw", torch.as_tensor(lr[0], dtype=torch.float64),
                               torch.diagonal(torch.as_tensor(lr[1], dtype=torch.float64), dim1=-2, dim2=-1))
