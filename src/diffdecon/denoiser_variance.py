@@ -35,12 +35,13 @@ this is again the exact Tweedie covariance (tested).
 One level per band is not enough: the errors are coherent over rings about the galaxy's
 centre too. On the quick prior (96 training images, band i) the variance of the error summed
 over an annulus (radii 0, 3, 6, 9, 12, 16, 20, 25 px) is 1.3-5 times the sum of its pixels'
-squared errors in the inner annuli and 100-345 times in the outer one, 2-16 times what
+squared errors in the inner annuli and 100-345 times in the outer one, 1.3-16 times what
 ``diag + lambda_t 1 1^T`` gives in the annuli within 16 px at every diffusion time, and the
 sums of adjacent annuli are correlated by 0.4-0.9. Such a ``V_t`` keeps the light of a ring
 where the prior put it: at i = 22 the samples put too much light in the core and too little
-beyond 12 px (summed residuals of -2.4 to -5.0 sigma within 9 px, +3.6 to +20 sigma beyond
-12 px, over 33 truths drawn from the prior). The table therefore holds, per band, the
+beyond 12 px (summed residuals of -3.9 and -6.0 sigma at 3-6 and 6-9 px, +5 to +34 sigma
+beyond 12 px, over 33 truths drawn from the prior; ``results/calibration.json``). The table
+therefore holds, per band, the
 covariance ``Lambda_t`` (K x K) of the errors of two different pixels in annuli ``k`` and
 ``l`` (:func:`annulus_covariance`, radii :data:`ANNULI_KPC`), and MMPS with
 ``covariance="annuli"`` uses
