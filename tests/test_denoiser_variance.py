@@ -61,23 +61,6 @@ def test_bad_input_is_named():
     assert dvm.DenoiserVariance.from_dict(dv.to_dict()).table.equal(dv.table)
 
 
-def _observed(prior, cov: torch.Tensor, side: int, sigma_y: float):
-    """A truth drawn from ``prior``, blurred and binned 2 x 2 (``side / 2`` px a side) with white
-    noise ``sigma_y``, and its exact Gaussian posterior. Returns the generator (drawn from, for
-    the caller's further draws), y, the forward operator and the posterior mean and covariance."""
-    A = calibration.blur_downsample_matrix(side, 1.0, 2)
-    n = side // 2
-    g = torch.Generator().manual_seed(0)
-    x_true = prior.sample(1, g)
-    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, n, n)
-    mu_post, Sigma_post = calibration.exact_posterior(prior.mu, cov, A, sigma_y, y)
-
-    def forward(x):
-        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, n, n)
-
-    return g, y, forward, mu_post, Sigma_post
-
-
 def test_mmps_empirical_is_exact_for_a_white_gaussian_prior():
     """For x0 ~ N(mu, v I) the diagonal table is the exact Tweedie covariance, so MMPS drawing
     x0 from the Gaussian p(x0 | x_t, y) samples the exact posterior whatever the step count."""
@@ -85,8 +68,8 @@ def test_mmps_empirical_is_exact_for_a_white_gaussian_prior():
 
     side, sigma_y, v = 8, 0.05, 0.25
     prior = _white_prior(v, side)
-    g, y, forward, mu_post, Sigma_post = _observed(prior, v * torch.eye(side * side, dtype=torch.float64),
-                                                   side, sigma_y)
+    g = torch.Generator().manual_seed(0)
+    y, forward, mu_post, Sigma_post = calibration.blurred_observation(prior, sigma_y, g)
     dv = dvm.measure(prior, prior.sample(128, g), samplers.timesteps(1000, 32, "quadratic"),
                      torch.Generator().manual_seed(2), progress=False)
 
@@ -144,7 +127,8 @@ def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_an_offset():
 
     side, sigma_y, v, lam = 8, 0.05, 0.01, 0.02
     prior, cov = _offset_prior(v, lam, side)
-    g, y, forward, mu_post, Sigma_post = _observed(prior, cov, side, sigma_y)
+    g = torch.Generator().manual_seed(0)
+    y, forward, mu_post, Sigma_post = calibration.blurred_observation(prior, sigma_y, g)
     dv = dvm.measure(prior, prior.sample(512, g), samplers.timesteps(1000, 32, "quadratic"),
                      torch.Generator().manual_seed(2), progress=False)
 
@@ -227,7 +211,8 @@ def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_annulus_covariance():
     side, sigma_y, v = 8, 0.05, 0.01
     Lam = torch.tensor([[0.05, -0.01, 0.0], [-0.01, 0.01, -0.004], [0.0, -0.004, 0.004]], dtype=torch.float64)
     prior, cov, G = _annulus_prior(v, Lam, side)
-    g, y, forward, mu_post, Sigma_post = _observed(prior, cov, side, sigma_y)
+    g = torch.Generator().manual_seed(0)
+    y, forward, mu_post, Sigma_post = calibration.blurred_observation(prior, sigma_y, g)
     dv = dvm.measure(prior, prior.sample(1024, g), samplers.timesteps(1000, 32, "quadratic"),
                      torch.Generator().manual_seed(2), progress=False, annuli=ANNULI)
 

@@ -28,6 +28,7 @@ __all__ = [
     "reduced_chi2",
     "se_covariance",
     "blur_downsample_matrix",
+    "blurred_observation",
     "posterior_moment_errors",
 ]
 
@@ -252,6 +253,27 @@ def blur_downsample_matrix(side: int, blur_sigma_px: float = 1.0, factor: int = 
         Dn[k, factor * k: factor * (k + 1)] = 1.0 / factor
     M = Dn @ G
     return torch.block_diag(*[torch.kron(M, M)] * channels)
+
+
+def blurred_observation(prior: GaussianPrior, sigma_y: float, generator: torch.Generator):
+    """A truth drawn from the one-band ``prior`` (``side`` x ``side`` model px), observed through
+    :func:`blur_downsample_matrix` (1 px blur, 2 x 2 binning: ``side / 2`` px a side) with white
+    noise ``sigma_y`` [prior-space units], and its exact Gaussian posterior (:func:`exact_posterior`).
+    Draws the truth, then the noise, from ``generator``. Returns ``(y, forward, mu_post,
+    Sigma_post)``: ``y`` (1, side/2, side/2), ``forward`` the operator on prior-space batches
+    (B, 1, side, side) -> (B, 1, side/2, side/2)."""
+    side = prior.shape[-1]
+    A = blur_downsample_matrix(side, 1.0, 2)
+    h = side // 2
+    x_true = prior.sample(1, generator)
+    noise = sigma_y * torch.randn(A.shape[0], generator=generator, dtype=torch.float64)
+    y = (A @ x_true.flatten() + noise).reshape(1, h, h)
+    mu_post, Sigma_post = exact_posterior(prior.mu, prior.Sigma, A, sigma_y, y)
+
+    def forward(x):
+        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, h, h)
+
+    return y, forward, mu_post, Sigma_post
 
 
 def posterior_moment_errors(samples, mu_post, Sigma_post) -> dict[str, float]:

@@ -41,16 +41,8 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
     Sigma = calibration.se_covariance(side, ell=2.0)
     mu = torch.zeros(side * side, dtype=torch.float64)
     prior = calibration.GaussianPrior(mu, Sigma, shape=(1, side, side))
-    A = calibration.blur_downsample_matrix(side, 1.0, 2)
     g = torch.Generator().manual_seed(seed)
-    x_true = prior.sample(1, g)
-    h = side // 2
-    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, h, h)
-    mu_post, Sigma_post = calibration.exact_posterior(mu, Sigma, A, sigma_y, y)
-
-    def forward(x):  # prior space (B, 1, side, side) -> observation (B, 1, side/2, side/2)
-        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, h, h)
-
+    y, forward, mu_post, Sigma_post = calibration.blurred_observation(prior, sigma_y, g)
     out = {}
     # The Tweedie covariance is exact for a Gaussian prior; the isotropic one (the default on
     # networks) approximates it, and this row measures what that costs where the answer is known.
