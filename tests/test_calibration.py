@@ -14,6 +14,7 @@ from diffdecon import cache, paths
 from diffdecon.calibration import (
     GaussianPrior,
     blur_downsample_matrix,
+    blurred_observation,
     exact_posterior,
     gaussian_w2,
     interval_coverage,
@@ -166,17 +167,28 @@ def exact_test_problem(side: int = 16, sigma_y: float = 0.05, seed: int = 0):
     A = 1 px Gaussian blur + 2x2 binning (dense, 64 x 256), noise sigma_y."""
     Sigma = se_covariance(side, ell=2.0, amp=0.25, nugget=1e-3)
     prior = GaussianPrior(torch.zeros(side * side, dtype=torch.float64), Sigma, shape=(1, side, side))
-    A = blur_downsample_matrix(side, 1.0, 2)
-    g = torch.Generator().manual_seed(seed)
-    x_true = prior.sample(1, g)
-    h = side // 2
-    y = (A @ x_true.flatten() + sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)).reshape(1, h, h)
-
-    def forward(x):  # prior space (B, 1, side, side) -> observation (B, 1, side/2, side/2)
-        return (A @ x.flatten(1).T).T.reshape(x.shape[0], 1, h, h)
-
-    mp, Sp = exact_posterior(prior.mu, prior.Sigma, A, sigma_y, y)
+    y, forward, mp, Sp = blurred_observation(prior, sigma_y, torch.Generator().manual_seed(seed))
     return prior, forward, y, sigma_y, mp, Sp
+
+
+def test_blurred_observation_matches_its_operator_and_refuses_other_shapes():
+    """y is A x_true + noise for the dense A of blur_downsample_matrix; forward is A on batches;
+    a prior that is not one band of side x side, side even, is refused by name."""
+    side, sigma_y = 8, 0.05
+    prior = GaussianPrior(torch.zeros(side * side, dtype=torch.float64), se_covariance(side, ell=2.0),
+                          shape=(1, side, side))
+    y, forward, mp, Sp = blurred_observation(prior, sigma_y, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    x_true = prior.sample(1, g)
+    A = blur_downsample_matrix(side, 1.0, 2)
+    noise = sigma_y * torch.randn(A.shape[0], generator=g, dtype=torch.float64)
+    assert torch.allclose(y.flatten(), A @ x_true.flatten() + noise, atol=1e-12)  # float64 round-off
+    x = torch.randn(3, 1, side, side, dtype=torch.float64)
+    assert torch.allclose(forward(x).flatten(1), x.flatten(1) @ A.T, atol=1e-12)
+    assert y.shape == (1, 4, 4) and Sp.shape == (side * side, side * side) and mp.numel() == side * side
+    odd = GaussianPrior(torch.zeros(49, dtype=torch.float64), se_covariance(7, ell=2.0), shape=(1, 7, 7))
+    with pytest.raises(ValueError, match=r"expected \(1, side, side\) with side even"):
+        blurred_observation(odd, sigma_y, torch.Generator())
 
 
 def record_exactness(key: str, entry: dict) -> None:

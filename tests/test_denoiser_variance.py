@@ -126,7 +126,7 @@ def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_an_offset():
     from diffdecon import samplers
 
     side, sigma_y, v, lam = 8, 0.05, 0.01, 0.02
-    prior, cov = _offset_prior(v, lam, side)
+    prior, _ = _offset_prior(v, lam, side)
     g = torch.Generator().manual_seed(0)
     y, forward, mu_post, Sigma_post = calibration.blurred_observation(prior, sigma_y, g)
     dv = dvm.measure(prior, prior.sample(512, g), samplers.timesteps(1000, 32, "quadratic"),
@@ -210,7 +210,7 @@ def test_mmps_empirical_is_exact_for_a_gaussian_prior_with_annulus_covariance():
 
     side, sigma_y, v = 8, 0.05, 0.01
     Lam = torch.tensor([[0.05, -0.01, 0.0], [-0.01, 0.01, -0.004], [0.0, -0.004, 0.004]], dtype=torch.float64)
-    prior, cov, G = _annulus_prior(v, Lam, side)
+    prior, _, G = _annulus_prior(v, Lam, side)
     g = torch.Generator().manual_seed(0)
     y, forward, mu_post, Sigma_post = calibration.blurred_observation(prior, sigma_y, g)
     dv = dvm.measure(prior, prior.sample(1024, g), samplers.timesteps(1000, 32, "quadratic"),

@@ -262,6 +262,8 @@ def blurred_observation(prior: GaussianPrior, sigma_y: float, generator: torch.G
     Draws the truth, then the noise, from ``generator``. Returns ``(y, forward, mu_post,
     Sigma_post)``: ``y`` (1, side/2, side/2), ``forward`` the operator on prior-space batches
     (B, 1, side, side) -> (B, 1, side/2, side/2)."""
+    if len(prior.shape) != 3 or prior.shape[0] != 1 or prior.shape[1] != prior.shape[2] or prior.shape[-1] % 2:
+        raise ValueError(f"prior.shape={prior.shape}: expected (1, side, side) with side even")
     side = prior.shape[-1]
     A = blur_downsample_matrix(side, 1.0, 2)
     h = side // 2
