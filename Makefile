@@ -88,6 +88,8 @@ bench: venv
 	$(PY) bench/bench_sampling.py --zeta 1e-3
 	# Calibration where the answer is known: 100 prior-drawn and 24 held-out truths -> results/calibration.json
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 100 --heldout 24
+	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
+	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
 	  $(PY) bench/bench_training.py --device cuda --profiles smoke quick --threads 4 --batch-sizes 64 128 256 --steps 20; \
 	  $(PY) bench/bench_paper_sampler.py --device cuda --compile; \

@@ -278,3 +278,22 @@ def test_calibration_bench_records_the_sampler_it_ran(monkeypatch, tmp_path, smo
     assert runs["mmps"]["settings"]["x0_draw"] is True and runs["mmps_x0mean"]["settings"]["x0_draw"] is False
     assert runs["mmps"]["settings"]["cg_tol"] == 0.01 and runs["mmps"]["truth_chain"] == "ancestral, x0 drawn"
     assert "heldout" not in rec
+
+
+def test_prior_drift_bench_records_both_starting_sets(monkeypatch, tmp_path, smoke_gaussian_prior):
+    """bench_prior_drift.py on the smoke stand-in prior: one run per starting set and time, each
+    with the flux change per annulus and cycle and the chain it used."""
+    from diffdecon import prior as prior_mod
+
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prior_mod, "load_prior", lambda profile: smoke_gaussian_prior)
+    bench = _load("bench/bench_prior_drift.py")
+    out = tmp_path / "drift.json"
+    assert bench.main(["--profile", "smoke", "--images", "4", "--cycles", "2", "--times", "25", "--fine-steps", "0",
+                       "--threads", "1", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["start"] for r in rec["runs"]] == ["prior_draws", "heldout"]
+    for r in rec["runs"]:
+        assert r["n_images"] == 4 and len(r["cycles"]) == 2
+        assert len(r["cycles"][0]["flux"]["mean"]) == len(r["annuli_px"]) - 1
+    assert rec["chain"].endswith("eta 1") and rec["wall_time_s"] > 0

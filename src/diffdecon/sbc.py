@@ -67,7 +67,7 @@ from . import calibration, mock, problem as problem_mod, samplers
 from .arrays import to_numpy
 from .calibration import tarp_coverage
 from .config import Profile
-from .prior import stretch, unstretch
+from .prior import normalise, stretch, unstretch
 from .units import mag_to_flux
 
 __all__ = ["PIXEL_CLASSES", "TRUTH_SETS", "TARP_REFERENCES", "CalibrationCase", "truth_images", "reference_total",
@@ -123,7 +123,7 @@ def truth_images(prior, kind: str, n: int, seed: int = 1) -> torch.Tensor:
     if kind == "prior_draws":
         return reference_samples.prior_samples(prior, n, seed=seed, progress=False)[:n].float()
     ds = galaxies.build_dataset(P, split="test", n=max(n, 64))
-    x, _ = prior.normalise(torch.as_tensor(np.asarray(ds.images[:n]), dtype=torch.float64))
+    x, _ = normalise(torch.as_tensor(np.array(ds.images[:n], dtype=np.float64)), P)
     return x.float()
 
 
