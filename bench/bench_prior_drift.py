@@ -11,7 +11,10 @@ change of their flux in annuli about the centre is recorded per cycle
 (:func:`diffdecon.stationarity.renoise_drift`). Two starting sets: the calibration truths (the
 chain's own draws, :func:`diffdecon.sbc.truth_images`) and held-out synthetic galaxies; and, for
 the time nearest 25, the same on a grid of ``--fine-steps`` times, which separates the time
-discretisation from the network. A benchmark, not a test: a few minutes on a 2-core CPU at quick.
+discretisation from the network. Where the drift comes from in one step: the denoiser's mean
+error ``x - D(x_t)`` by annulus at the same times on both sets
+(:func:`diffdecon.stationarity.denoiser_mean_error`; 0 for Tweedie's exact denoiser), under
+``mean_error``. A benchmark, not a test: tens of minutes on a 2-core CPU at quick.
 """
 
 from __future__ import annotations
@@ -52,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     record = {"profile": args.profile, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "torch_threads": args.threads,
               "checkpoint_sha256": prior.checkpoint_sha256, "chain": f"{P.sampling_steps} {P.time_spacing} steps, eta 1",
               "flux_units": "normalised flux (prior.unstretch), summed over bands and annulus pixels",
-              "runs": []}
+              "runs": [], "mean_error": []}
     t_all = time.perf_counter()
     for kind in ("prior_draws", "heldout"):
         x0 = sbc.truth_images(prior, kind, args.images, seed=1)
+        for t in args.times:
+            m = stationarity.denoiser_mean_error(prior, x0, t, torch.Generator().manual_seed(5),
+                                                 to_flux=lambda x: unstretch(x, P.asinh_a))
+            m["start"] = kind
+            record["mean_error"].append(m)
+            print(f"[drift] {kind}, t = {t}: denoiser mean error (flux) per annulus "
+                  f"{[round(v, 3) for v in m['flux']['mean']]} (+- {[round(v, 3) for v in m['flux']['sem']]})", flush=True)
         grids = [(P.sampling_steps, t) for t in args.times] + ([(args.fine_steps, 25)] if args.fine_steps else [])
         for steps, t in grids:
             t0 = time.perf_counter()

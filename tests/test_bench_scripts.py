@@ -297,3 +297,5 @@ def test_prior_drift_bench_records_both_starting_sets(monkeypatch, tmp_path, smo
         assert r["n_images"] == 4 and len(r["cycles"]) == 2
         assert len(r["cycles"][0]["flux"]["mean"]) == len(r["annuli_px"]) - 1
     assert rec["chain"].endswith("eta 1") and rec["wall_time_s"] > 0
+    assert [(m["start"], m["t"]) for m in rec["mean_error"]] == [("prior_draws", 25), ("heldout", 25)]
+    assert len(rec["runs"][0]["flux_start"]["mean"]) == len(rec["runs"][0]["annuli_px"]) - 1

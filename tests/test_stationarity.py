@@ -89,3 +89,19 @@ def test_bad_input_names_what_is_accepted(generator, kwargs, match):
         stationarity.renoise_drift(prior, generator=generator, **args)
     with pytest.raises(ValueError, match="accepted: an index of ts"):
         stationarity.chain_from(prior, prior.sample(2, generator), samplers.timesteps(1000, 5), 5, generator)
+
+
+def test_exact_denoiser_has_no_mean_error_and_a_biased_one_is_caught(generator):
+    # Tweedie's exact D has E[x0 - D | x_t] = 0: |mean| < 4 sem by annulus (3000 images);
+    # the denoiser biased by -0.02 per pixel shows +0.02 per pixel (64 pixels: +1.28 in all).
+    x0 = gaussian().sample(3000, generator)
+    for t in (11, 100):
+        out = stationarity.denoiser_mean_error(gaussian(), x0, t, generator, annuli_px=(0.0, 2.0, 4.0, np.inf))
+        mean, sem = np.array(out["x_sum"]["mean"]), np.array(out["x_sum"]["sem"])
+        assert (np.abs(mean) < 4 * sem).all(), (t, mean, sem)
+    out = stationarity.denoiser_mean_error(gaussian(BiasedPrior), x0, 11, generator, to_flux=lambda x: 3.0 * x,
+                                           annuli_px=(0.0, np.inf))
+    assert out["x_sum"]["mean"][0] == pytest.approx(0.02 * 64, rel=0.1)
+    assert out["flux"]["mean"][0] == pytest.approx(3.0 * out["x_sum"]["mean"][0], rel=1e-9)
+    with pytest.raises(ValueError, match="accepted: an integer time in"):
+        stationarity.denoiser_mean_error(gaussian(), x0, 1000, generator)

@@ -31,7 +31,7 @@ import torch
 
 from .samplers import SPACINGS, _alphas_cumprod, _ddim_step, _time_batch, timesteps
 
-__all__ = ["DRIFT_ANNULI_PX", "chain_from", "renoise_drift"]
+__all__ = ["DRIFT_ANNULI_PX", "chain_from", "denoiser_mean_error", "renoise_drift"]
 
 DRIFT_ANNULI_PX: tuple[float, ...] = (0.0, 4.0, 8.0, 16.0, math.inf)
 """Edges of the annuli of :func:`renoise_drift` [model px from the image centre]: the core,
@@ -131,4 +131,33 @@ def renoise_drift(prior: Any, x0: torch.Tensor, t: int, cycles: int, generator: 
             row["flux"] = stats(_annulus_sums(f, idx, K) - fs0)
             row["flux_total_ratio"] = float(np.median((f.sum((1, 2, 3)) / f0.sum((1, 2, 3))).numpy()))
         out["cycles"].append(row)
+    return out
+
+
+@torch.no_grad()
+def denoiser_mean_error(prior: Any, x0: torch.Tensor, t: int, generator: torch.Generator,
+                        to_flux: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        annuli_px: Sequence[float] = DRIFT_ANNULI_PX) -> dict:
+    """Mean over images of the sums by annulus of ``x0 - D(x_t)``, ``x_t = sqrt(abar_t) x0 +
+    sqrt(1 - abar_t) eps`` (one noise draw per image) at time ``t`` (any integer in ``[0, T)``),
+    as ``{"mean", "sem"}`` [prior-space units] under ``x_sum`` and, with ``to_flux``, of
+    ``to_flux(x0) - to_flux(D)`` under ``flux`` [its units]; 0 in expectation for Tweedie's
+    exact denoiser (module docstring). ``x0``: (N >= 2, C, H, W) prior space."""
+    if x0.ndim != 4 or x0.shape[0] < 2:
+        raise ValueError(f"x0 with shape {tuple(x0.shape)}; accepted: (N >= 2, C, H, W)")
+    abar = _alphas_cumprod(prior)
+    if not 0 <= int(t) < abar.numel():
+        raise ValueError(f"t={t!r}; accepted: an integer time in [0, {abar.numel()})")
+    a = float(abar[int(t)])
+    idx = _annulus_index(tuple(x0.shape[-2:]), annuli_px)
+    K = len(annuli_px) - 1
+    x_t = a**0.5 * x0 + (1.0 - a) ** 0.5 * torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    D = prior.x0_hat(x_t, _time_batch(int(t), x0.shape[0], x0.device))
+
+    def stats(d: torch.Tensor) -> dict:
+        return {"mean": d.mean(0).tolist(), "sem": (d.std(0, unbiased=True) / math.sqrt(d.shape[0])).tolist()}
+
+    out = {"t": int(t), "n_images": int(x0.shape[0]), "x_sum": stats(_annulus_sums(x0 - D, idx, K))}
+    if to_flux is not None:
+        out["flux"] = stats(_annulus_sums(to_flux(x0.double()) - to_flux(D.double()), idx, K))
     return out
