@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .denoiser_variance import annulus_masks
 from .samplers import SPACINGS, _alphas_cumprod, _ddim_step, _time_batch, timesteps
 
 __all__ = ["DRIFT_ANNULI_PX", "chain_from", "denoiser_mean_error", "renoise_drift"]
@@ -59,22 +60,15 @@ def chain_from(prior: Any, x_t: torch.Tensor, ts: torch.Tensor, start: int, gene
     return x
 
 
-def _annulus_index(shape: tuple[int, int], edges: Sequence[float]) -> torch.Tensor:
-    """Annulus of every pixel (H, W), int64; -1 outside the last edge."""
-    H, W = shape
-    rows = torch.arange(H, dtype=torch.float64).view(-1, 1) - (H - 1) / 2
-    cols = torch.arange(W, dtype=torch.float64).view(1, -1) - (W - 1) / 2
-    r = (rows**2 + cols**2).sqrt()
-    idx = torch.full((H, W), -1, dtype=torch.long)
-    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        idx[(r >= lo) & (r < hi)] = k
-    return idx
+def _annulus_sums(v: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Sums over bands and over the pixels of each annulus ``G`` (K, H, W, indicator images,
+    :func:`diffdecon.denoiser_variance.annulus_masks`), (N, K), float64, of ``v`` (N, C, H, W)."""
+    return torch.einsum("nchw,khw->nk", v.double(), G)
 
 
-def _annulus_sums(v: torch.Tensor, idx: torch.Tensor, K: int) -> torch.Tensor:
-    """Sums over bands and over the pixels of each annulus, (N, K), float64, of ``v`` (N, C, H, W)."""
-    s = v.double().sum(1)
-    return torch.stack([s[:, idx == k].sum(-1) for k in range(K)], dim=1)
+def _mean_sem(d: torch.Tensor) -> dict:
+    """``{"mean", "sem"}`` over images (dim 0) of ``d`` (N, K), as lists."""
+    return {"mean": d.mean(0).tolist(), "sem": (d.std(0, unbiased=True) / math.sqrt(d.shape[0])).tolist()}
 
 
 def renoise_drift(prior: Any, x0: torch.Tensor, t: int, cycles: int, generator: torch.Generator,
@@ -104,31 +98,26 @@ def renoise_drift(prior: Any, x0: torch.Tensor, t: int, cycles: int, generator: 
     start = int((ts - int(t)).abs().argmin())
     t_used = int(ts[start])
     a = float(abar[t_used])
-    idx = _annulus_index(tuple(x0.shape[-2:]), annuli_px)
-    K = len(annuli_px) - 1
-
-    def stats(d: torch.Tensor) -> dict:
-        n = d.shape[0]
-        return {"mean": d.mean(0).tolist(), "sem": (d.std(0, unbiased=True) / math.sqrt(n)).tolist()}
+    G = annulus_masks(annuli_px, tuple(x0.shape[-2:]))
 
     x_start = x0.detach()
-    xs0 = _annulus_sums(x_start, idx, K)
+    xs0 = _annulus_sums(x_start, G)
     f0 = None if to_flux is None else to_flux(x_start.double())
-    fs0 = None if f0 is None else _annulus_sums(f0, idx, K)
+    fs0 = None if f0 is None else _annulus_sums(f0, G)
     out: dict = {"t": t_used, "rho": math.sqrt((1.0 - a) / a), "steps": steps, "spacing": spacing, "eta": eta,
                  "annuli_px": [float(e) if math.isfinite(e) else None for e in annuli_px], "n_images": int(x0.shape[0]),
-                 "x_start": stats(xs0), "cycles": []}
+                 "x_start": _mean_sem(xs0), "cycles": []}
     if fs0 is not None:
-        out["flux_start"] = stats(fs0)
+        out["flux_start"] = _mean_sem(fs0)
     x = x_start
     for c in range(cycles):
         with torch.no_grad():
             x_t = a**0.5 * x + (1.0 - a) ** 0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
             x = chain_from(prior, x_t, ts, start, generator, eta)
-        row = {"cycle": c + 1, "x_sum": stats(_annulus_sums(x, idx, K) - xs0)}
+        row = {"cycle": c + 1, "x_sum": _mean_sem(_annulus_sums(x, G) - xs0)}
         if to_flux is not None:
             f = to_flux(x.double())
-            row["flux"] = stats(_annulus_sums(f, idx, K) - fs0)
+            row["flux"] = _mean_sem(_annulus_sums(f, G) - fs0)
             row["flux_total_ratio"] = float(np.median((f.sum((1, 2, 3)) / f0.sum((1, 2, 3))).numpy()))
         out["cycles"].append(row)
     return out
@@ -149,15 +138,11 @@ def denoiser_mean_error(prior: Any, x0: torch.Tensor, t: int, generator: torch.G
     if not 0 <= int(t) < abar.numel():
         raise ValueError(f"t={t!r}; accepted: an integer time in [0, {abar.numel()})")
     a = float(abar[int(t)])
-    idx = _annulus_index(tuple(x0.shape[-2:]), annuli_px)
-    K = len(annuli_px) - 1
+    G = annulus_masks(annuli_px, tuple(x0.shape[-2:]))
     x_t = a**0.5 * x0 + (1.0 - a) ** 0.5 * torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     D = prior.x0_hat(x_t, _time_batch(int(t), x0.shape[0], x0.device))
 
-    def stats(d: torch.Tensor) -> dict:
-        return {"mean": d.mean(0).tolist(), "sem": (d.std(0, unbiased=True) / math.sqrt(d.shape[0])).tolist()}
-
-    out = {"t": int(t), "n_images": int(x0.shape[0]), "x_sum": stats(_annulus_sums(x0 - D, idx, K))}
+    out = {"t": int(t), "n_images": int(x0.shape[0]), "x_sum": _mean_sem(_annulus_sums(x0 - D, G))}
     if to_flux is not None:
-        out["flux"] = stats(_annulus_sums(to_flux(x0.double()) - to_flux(D.double()), idx, K))
+        out["flux"] = _mean_sem(_annulus_sums(to_flux(x0.double()) - to_flux(D.double()), G))
     return out
