@@ -14,8 +14,13 @@ override the prior.
 :func:`renoise_drift` measures it: the mean change per cycle, over images, of the prior-space
 mean and of the linear flux in annuli about the image centre. For an exact Gaussian prior the
 expected change of the prior-space mean is 0 on any time grid (each step of the chain is linear
-in ``x`` and the denoiser is unbiased); on the quick prior's own draws each cycle moves light
-from beyond 16 model px towards the centre (``bench/bench_prior_drift.py``).
+in ``x`` and the denoiser is unbiased); on the quick prior's own draws each cycle removes
+light, most of it (relative to what is there) beyond 16 model px (``bench/bench_prior_drift.py``).
+
+:func:`denoiser_mean_error` measures where the drift comes from in one step: the mean of
+``x - D(x_t)`` by annulus. Tweedie's ``D(x_t) = E[x | x_t]`` has mean error 0 given ``x_t``,
+hence 0 in every annulus, whatever the prior; a positive mean error is light that the denoiser
+removes and the images held.
 
 Units: prior space ``x`` dimensionless; flux in normalised flux per model px
 (:func:`diffdecon.prior.unstretch`); radii in model px from the image centre.
