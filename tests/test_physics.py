@@ -327,3 +327,21 @@ def test_fft_convolution_equals_direct_convolution(k):
     y = torch.randn_like(ref)
     ref_t = F.conv_transpose2d(y, w, groups=3)
     assert torch.allclose(_convolve_valid_adjoint(y, w), ref_t, rtol=0, atol=1e-12 * float(ref_t.abs().max()))
+
+
+def test_fft_length_is_long_enough_and_5_smooth():
+    # the FFT convolution pads to a length with prime factors 2, 3, 5 only (pocketfft's fast
+    # sizes), never shorter than the full linear convolution: 170 (the quick profile's padded
+    # 128 px grid with a 43 px PSF) becomes 180; the k = 43 case above (60 + 43 - 1 = 102 -> 108)
+    # checks that the longer padding leaves the convolution exact
+    from diffdecon.physics import _fft_length
+
+    for n in range(1, 600):
+        L = _fft_length(n)
+        assert L >= n
+        m = L
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        assert m == 1, (n, L)
+    assert _fft_length(170) == 180 and _fft_length(102) == 108 and _fft_length(128) == 128

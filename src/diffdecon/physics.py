@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.fft
 import torch
 import torch.nn.functional as F
 
@@ -104,6 +105,14 @@ zero-padded arrays, no wrap-around); smaller ones directly. A direct grouped 43 
 convolution costs 1849 multiply-adds per pixel and dominated the samplers' run time."""
 
 
+def _fft_length(n: int) -> int:
+    """The smallest FFT length ``>= n`` [px] whose prime factors are 2, 3 and 5
+    (:func:`scipy.fft.next_fast_len`): any length of at least the full linear convolution's
+    gives the same result, and pocketfft is up to twice as fast on these (170 -> 180 px, the
+    quick profile's padded grid with a 43 px PSF: 11.3 -> 6.6 ms for 16 x 3 images)."""
+    return scipy.fft.next_fast_len(int(n), real=True)
+
+
 def _convolve_valid(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """'valid' convolution of (B, C, N, N) by the flipped PSF ``weight`` (C, 1, k, k):
     (B, C, N - k + 1, N - k + 1). Equal to ``F.conv2d(x, weight, groups=C)``."""
@@ -111,7 +120,7 @@ def _convolve_valid(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if k < FFT_MIN_KERNEL:
         return F.conv2d(x, weight, groups=x.shape[1])
     n = x.shape[-1]
-    L = n + k - 1  # the full linear convolution fits without wrap-around
+    L = _fft_length(n + k - 1)  # the full linear convolution fits without wrap-around
     psf = weight[:, 0].flip(-1, -2)  # undo the flip: the PSF itself
     full = torch.fft.irfft2(torch.fft.rfft2(x, s=(L, L)) * torch.fft.rfft2(psf, s=(L, L)), s=(L, L))
     return full[..., k - 1 : n, k - 1 : n]
@@ -124,7 +133,7 @@ def _convolve_valid_adjoint(y: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     if k < FFT_MIN_KERNEL:
         return F.conv_transpose2d(y, weight, groups=y.shape[1])
     n = y.shape[-1] + k - 1
-    L = n + k - 1
+    L = _fft_length(n + k - 1)
     psf = weight[:, 0].flip(-1, -2)
     g = F.pad(y, (k - 1, L - n, k - 1, L - n))  # y at positions k-1 .. n-1 of the full grid
     corr = torch.fft.irfft2(torch.fft.rfft2(g) * torch.fft.rfft2(psf, s=(L, L)).conj(), s=(L, L))
