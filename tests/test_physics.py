@@ -312,15 +312,19 @@ def test_bad_sigma(sigma, pattern, generator):
 
 
 @pytest.mark.parametrize("k", [5, 9, 43])
-def test_fft_convolution_equals_direct_convolution(k):
+@pytest.mark.parametrize("n", [60, 77])
+def test_fft_convolution_equals_direct_convolution(k, n):
     # the FFT path (k >= FFT_MIN_KERNEL) is an exact linear convolution: it must match
-    # torch's direct grouped convolution to float64 rounding (1e-12 relative)
+    # torch's direct grouped convolution to float64 rounding (1e-12 relative). Its transform
+    # is as long as the input (overlap-save), so the wrap-around must miss the kept outputs:
+    # n = 60 transforms on 60 px exactly, n = 77 on 80 (and the adjoint on 60 + 42 -> 108 /
+    # 77 + 42 -> 120 px); a transform one pixel short of the input fails this test
     import torch.nn.functional as F
 
     from diffdecon.physics import _convolve_valid, _convolve_valid_adjoint
 
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 60, 60, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, n, n, generator=g, dtype=torch.float64)
     w = torch.rand(3, 1, k, k, generator=g, dtype=torch.float64)
     ref = F.conv2d(x, w, groups=3)
     assert torch.allclose(_convolve_valid(x, w), ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
@@ -330,10 +334,8 @@ def test_fft_convolution_equals_direct_convolution(k):
 
 
 def test_fft_length_is_long_enough_and_5_smooth():
-    # the FFT convolution pads to a length with prime factors 2, 3, 5 only (pocketfft's fast
-    # sizes), never shorter than the full linear convolution: 170 (the quick profile's padded
-    # 128 px grid with a 43 px PSF) becomes 180; the k = 43 case above (60 + 43 - 1 = 102 -> 108)
-    # checks that the longer padding leaves the convolution exact
+    # the FFT convolutions transform on a length with prime factors 2, 3, 5 only (pocketfft's
+    # fast sizes), never shorter than asked: 170 becomes 180, 77 becomes 80, 128 stays
     from diffdecon.physics import _fft_length
 
     for n in range(1, 600):
@@ -344,4 +346,4 @@ def test_fft_length_is_long_enough_and_5_smooth():
             while m % p == 0:
                 m //= p
         assert m == 1, (n, L)
-    assert _fft_length(170) == 180 and _fft_length(102) == 108 and _fft_length(128) == 128
+    assert _fft_length(170) == 180 and _fft_length(77) == 80 and _fft_length(128) == 128

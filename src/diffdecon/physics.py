@@ -100,27 +100,31 @@ def _as_batched(x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
 
 
 FFT_MIN_KERNEL: int = 9
-"""PSFs of at least this side [px] are applied by FFT (exact linear convolution of
-zero-padded arrays, no wrap-around); smaller ones directly. A direct grouped 43 x 43
-convolution costs 1849 multiply-adds per pixel and dominated the samplers' run time."""
+"""PSFs of at least this side [px] are applied by FFT (a circular convolution whose wrap-around
+misses the outputs kept, see :func:`_convolve_valid`); smaller ones directly. A direct grouped
+43 x 43 convolution costs 1849 multiply-adds per pixel and dominated the samplers' run time."""
 
 
 def _fft_length(n: int) -> int:
     """The smallest FFT length ``>= n`` [px] whose prime factors are 2, 3 and 5
-    (:func:`scipy.fft.next_fast_len`): any length of at least the full linear convolution's
-    gives the same result, and pocketfft is up to twice as fast on these (170 -> 180 px, the
-    quick profile's padded grid with a 43 px PSF: 11.3 -> 6.6 ms for 16 x 3 images)."""
+    (:func:`scipy.fft.next_fast_len`), on which pocketfft is fastest (170 -> 180)."""
     return scipy.fft.next_fast_len(int(n), real=True)
 
 
 def _convolve_valid(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """'valid' convolution of (B, C, N, N) by the flipped PSF ``weight`` (C, 1, k, k):
-    (B, C, N - k + 1, N - k + 1). Equal to ``F.conv2d(x, weight, groups=C)``."""
+    (B, C, N - k + 1, N - k + 1). Equal to ``F.conv2d(x, weight, groups=C)``.
+
+    By FFT on a grid of ``L >= N`` (:func:`_fft_length`), not the ``N + k - 1`` of the full
+    linear convolution (overlap-save): output ``i`` of the circular convolution,
+    ``sum_m x[(i - m) mod L] psf[m]``, ``0 <= m < k``, wraps only for ``i < k - 1``, and the
+    valid outputs are ``k - 1 <= i < N``. On the quick profile's padded grid (N = 128, k = 43)
+    that is a 128 px transform instead of 170 (or 180)."""
     k = weight.shape[-1]
     if k < FFT_MIN_KERNEL:
         return F.conv2d(x, weight, groups=x.shape[1])
     n = x.shape[-1]
-    L = _fft_length(n + k - 1)  # the full linear convolution fits without wrap-around
+    L = _fft_length(max(n, k))
     psf = weight[:, 0].flip(-1, -2)  # undo the flip: the PSF itself
     full = torch.fft.irfft2(torch.fft.rfft2(x, s=(L, L)) * torch.fft.rfft2(psf, s=(L, L)), s=(L, L))
     return full[..., k - 1 : n, k - 1 : n]
@@ -128,14 +132,18 @@ def _convolve_valid(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _convolve_valid_adjoint(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Adjoint of :func:`_convolve_valid`: (B, C, M, M) -> (B, C, M + k - 1, M + k - 1).
-    Equal to ``F.conv_transpose2d(y, weight, groups=C)`` (a full correlation with the PSF)."""
+    Equal to ``F.conv_transpose2d(y, weight, groups=C)`` (a full correlation with the PSF).
+
+    By FFT on a grid of ``L >= N = M + k - 1``: with ``y`` at positions ``k - 1 ... N - 1``,
+    output ``i < N`` of the circular correlation, ``sum_j g[j] psf[(j - i) mod L]``, would wrap
+    only for ``j - i <= k - 1 - L``, while ``j - i >= k - N > k - 1 - L``."""
     k = weight.shape[-1]
     if k < FFT_MIN_KERNEL:
         return F.conv_transpose2d(y, weight, groups=y.shape[1])
     n = y.shape[-1] + k - 1
-    L = _fft_length(n + k - 1)
+    L = _fft_length(n)
     psf = weight[:, 0].flip(-1, -2)
-    g = F.pad(y, (k - 1, L - n, k - 1, L - n))  # y at positions k-1 .. n-1 of the full grid
+    g = F.pad(y, (k - 1, L - n, k - 1, L - n))  # y at positions k-1 .. n-1 of the grid
     corr = torch.fft.irfft2(torch.fft.rfft2(g) * torch.fft.rfft2(psf, s=(L, L)).conj(), s=(L, L))
     return corr[..., :n, :n]
 
