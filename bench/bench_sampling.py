@@ -17,7 +17,9 @@ noise; ``diffdecon.validation.mock_set``) is inverted, in one run, by:
   (zeta_t = zeta / ||r|| on the squared norm; zeta from the settings or ``--zeta``). It is
   slow on a CPU, so only ``--loop-samples`` samples are drawn (said so in the output).
 * ``dps_batched``: the same DPS, all ``n`` samples in one batch, the settings' DPS steps (<= 100).
-* ``default`` (MMPS at the settings): ``n`` samples in one batch.
+* ``default`` (MMPS at the settings, over the problem's profile defaults: time spacing, Jacobi
+  preconditioner, closed-form linearisation, trust region, warm start, x0 range; what the
+  notebooks and the CLI run, :func:`mmps_run_kwargs`): ``n`` samples in one batch.
 * ``azula_mmps``: azula's ``MMPSDenoiser`` (its default GMRES solver, as many iterations as
   the settings' CG iterations) on the same denoiser (``prior.x0_hat`` behind azula's
   ``Denoiser`` interface, the discrete cosine schedule mapped to azula's time in [0, 1]),
@@ -279,6 +281,20 @@ def sampler_arguments(settings, args) -> tuple[int, dict, dict]:
     return args.n or settings.n, mm, dp
 
 
+def mmps_run_kwargs(problem, mm: dict) -> dict:
+    """The keyword arguments the notebooks' MMPS runs with: the problem's profile defaults
+    (:meth:`diffdecon.problem.InverseProblem.mmps_defaults`: time spacing, Jacobi
+    preconditioner, closed-form linearisation, trust region, warm start, x0 range) under the
+    settings' ``mm`` (steps, CG iterations, covariance), as ``deconvolution`` and ``sbc`` do."""
+    return {**problem.mmps_defaults(mm.get("covariance")), **mm}
+
+
+def jsonable_kwargs(kw: dict) -> dict:
+    """``kw`` with callables replaced by their qualified names (for the results file)."""
+    return {k: (getattr(v, "__qualname__", repr(v)) if callable(v) else list(v) if isinstance(v, tuple) else v)
+            for k, v in kw.items()}
+
+
 def _methods(prior, run_problem, args, n, mm, dp, T):
     """[(label, fn, n_samples)] in table order; the published loop first."""
     import torch
@@ -302,7 +318,8 @@ def _methods(prior, run_problem, args, n, mm, dp, T):
     runs = [(f"published (DPS, 1 at a time, {loop_steps} steps)", published, args.loop_samples),
             (f"DPS batched ({n}, {describe(dp)})",
              lambda: samplers.dps(prior, y, fwd, sig, gens(100, n), n, on_divergence="mask", progress=False, **dp), n),
-            (f"default: MMPS batched ({n}, {describe(mm)})",
+            (f"default: MMPS batched ({n}, {describe({k: mm[k] for k in ('steps', 'cg_iters', 'covariance')})}, "
+             "with the profile's defaults)",
              lambda: samplers.mmps(prior, y, fwd, sig, gens(200, n), n, on_divergence="mask", progress=False, **mm), n)]
     ok, why = azula_available()
     if args.no_azula:
@@ -372,7 +389,9 @@ def main(argv=None) -> int:
     problem = from_mock(mk, prior)
     dev = torch.device(args.device)
     prior = prior.to(dev)
-    runs = _methods(prior, _on_device(problem, dev), args, n, mm, dp, T)
+    run_problem = _on_device(problem, dev)
+    mm = mmps_run_kwargs(run_problem, mm)  # what the notebooks run: the settings over the profile's defaults
+    runs = _methods(prior, run_problem, args, n, mm, dp, T)
     reset_ok = _reset_peak()
     print(f"profile {P.name}; mock z = {mk.z}; {args.threads} threads; settings: {st.note}", flush=True)
     records = []
@@ -388,7 +407,8 @@ def main(argv=None) -> int:
            "mock_source": mk.reference.source, "threads": args.threads, "cpu_count": os.cpu_count(),
            "load_average": list(os.getloadavg()), "machine": platform.platform(), "torch": torch.__version__,
            "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-           "settings": {"source": "validation.sampler_settings", "note": st.note, "n": n, "mmps": mm, "dps": dp},
+           "settings": {"source": "validation.sampler_settings", "note": st.note, "n": n,
+                        "mmps": jsonable_kwargs(mm), "dps": dp},
            "published_loop_samples": args.loop_samples, "published_loop_steps": args.loop_steps or T,
            "published_loop_note": f"rate measured on {args.loop_samples} sample(s) only: the loop is slow on a CPU",
            "azula": azula_available()[1], "coverage_levels": list(LEVELS), "target": target, "methods": records}

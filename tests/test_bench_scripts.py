@@ -246,6 +246,10 @@ def test_bench_sampling_smoke_invocation_under_a_minute(tmp_path):
     assert d["settings"]["source"] == "validation.sampler_settings"
     assert d["methods"][0]["method"].startswith("published")
     assert all("coverage" in m for m in d["methods"])
+    # the default MMPS is the notebooks' one: the problem's profile defaults under the settings
+    mm = d["settings"]["mmps"]
+    assert mm["precond"].endswith("normal_diagonal") and mm["linearise"].endswith("linearised")
+    assert mm["spacing"] == "quadratic" and "x0_clip" in mm and "max_step" in mm
 
 
 @pytest.mark.slow

@@ -233,8 +233,9 @@ PROFILES: dict[str, Profile] = {
         dataset_size=12000, train_steps=4200, batch_size=256, checkpoint_every=500, max_shift_px=3,
         lr=3e-4, lr_schedule="cosine", lr_warmup_steps=100, shift_start_fraction=0.0,
         # Posterior sampling dominates the notebooks' CPU time: an MMPS step costs one network
-        # evaluation plus cg_iters products by A and A^T (one product ~2.7 ms for 4 samples
-        # against ~95 ms for the network, this CPU). The CG solve of a bright galaxy (i ~ 18) is
+        # evaluation plus cg_iters products by A and A^T (for 16 samples, with the FFT
+        # convolutions on the input's length: ~4 ms per CG iteration against ~0.3 s per network
+        # evaluation, 2-core CPU of 2026-12-03; 2400 iterations and 20 evaluations per run). The CG solve of a bright galaxy (i ~ 18) is
         # the slowest to converge: from D, 60 iterations leave the solution 30-100 % (in norm)
         # away from its 240-iteration value, and the samples then carry 24 % too much pixel-scale
         # structure in the core, which TARP sees (0.50 against a null of 0.33 on 33 prior draws).
