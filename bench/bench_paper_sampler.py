@@ -12,7 +12,9 @@ The problem: one synthetic galaxy (row 0 of the training catalogue) at z = 0.216
 through Gaussian PSFs with the fallback HSC noise (``mock.FALLBACK_*``), the operator of
 the notebooks (``physics.ForwardModel``). Sampler arguments come from
 ``validation.sampler_settings(profile)`` (paper: MMPS 100 steps with 5 CG iterations, DPS
-1000 steps, 256 samples) through ``bench/common.sampler_kwargs``.
+1000 steps, 256 samples) through ``bench/common.sampler_kwargs``; MMPS gets them over the
+problem's profile defaults (``common.mmps_run_kwargs``: preconditioner, closed-form
+linearisation, time spacing, warm start, trust region), as the notebooks run it.
 
 Measured, per (sampler, precision, batch size[, torch.compile]): seconds per sampler step
 (a warm-up step, then ``--timed-steps`` steps timed with the device synchronised),
@@ -43,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count_flops, describe, peak_memory, sampler_kwargs, timed, wrapped_prior  # noqa: E402
+from common import count_flops, describe, jsonable_kwargs, mmps_run_kwargs, peak_memory, sampler_kwargs, timed, wrapped_prior  # noqa: E402
 
 MOCK_Z = 0.21677
 """Redshift of the benchmark observation (the paper's test1)."""
@@ -73,10 +75,13 @@ def galaxy_image(profile):
 
 
 def make_problem(profile, device):
-    """((y, forward, sigma), galaxy source) of the benchmark observation on ``device`` (float32).
+    """((y, forward, sigma), problem, galaxy source) of the benchmark observation on ``device``
+    (float32): ``problem`` the :class:`diffdecon.problem.InverseProblem` with its tensors and
+    operator on ``device`` (its profile defaults of MMPS, :func:`common.mmps_run_kwargs`,
+    refer to them), ``forward`` its prior space -> observation flux map; y in HSC coadd flux
+    per observation pixel."""
+    import dataclasses
 
-    ``forward`` maps prior-space ``x`` (B, C, H, W) to observation flux, as the notebooks'
-    ``InverseProblem.forward``; y in HSC coadd flux per observation pixel."""
     import numpy as np
     import torch
 
@@ -92,15 +97,9 @@ def make_problem(profile, device):
         real=False)
     mk = mock.make_mock(flux, MOCK_Z, profile, ref, torch.Generator().manual_seed(profile.seed))
     problem = from_mock(mk, profile)
-    op = problem.operator.to(device)
-    scale, asinh_a = problem.scale, profile.asinh_a
-
-    def forward(x):
-        from diffdecon.prior import unstretch
-
-        return op.A(scale * unstretch(x, asinh_a))
-
-    return (problem.y.to(device), forward, problem.sigma.to(device)), source
+    problem = dataclasses.replace(problem, y=problem.y.to(device), sigma=problem.sigma.to(device),
+                                  operator=problem.operator.to(device))
+    return (problem.y, problem.forward, problem.sigma), problem, source
 
 
 def run_sampler(prior, problem, method: str, kwargs: dict, batch: int, steps: int, seed: int = 0):
@@ -289,7 +288,7 @@ def _setup(args):
     P = get_profile(args.profile)
     torch.manual_seed(P.seed)  # the network's initial weights
     prior = DiffusionPrior(P).to(args.device).eval().requires_grad_(False)
-    problem, args.galaxy = make_problem(P, args.device)
+    problem, inverse_problem, args.galaxy = make_problem(P, args.device)
     st = validation.sampler_settings(P)
     kwargs = {m: sampler_kwargs(st, m) for m in args.methods}
     if kwargs.get("mmps", {}).get("covariance") in ("empirical", "annuli"):
@@ -304,6 +303,8 @@ def _setup(args):
         annuli = annuli_px(P.pixel_scale_kpc) if kwargs["mmps"]["covariance"] == "annuli" else None
         kwargs["mmps"]["variance"] = measure(prior, x0, timesteps(P.diffusion_steps, 8, "quadratic"), g,
                                              progress=False, annuli=annuli)
+    if "mmps" in kwargs:  # what the notebooks run: the settings over the profile's defaults
+        kwargs["mmps"] = mmps_run_kwargs(inverse_problem, kwargs["mmps"])
     return P, prior, problem, st, kwargs
 
 
@@ -351,7 +352,7 @@ def main(argv=None) -> int:
     n_steps = {m: kwargs[m]["steps"] for m in args.methods}
     print(f"profile {P.name}: {count_parameters(prior.unet) / 1e6:.1f} M parameters, {P.image_size} px, "
           f"device {args.device}; settings {st.n} samples, " + "; ".join(
-              f"{m} {describe(kwargs[m])}" for m in args.methods), flush=True)
+              f"{m} {describe(jsonable_kwargs(kwargs[m]))}" for m in args.methods), flush=True)
     flops_fwd = forward_flops(prior, args.device)
     flops = {m: step_flops(prior, problem, m, kwargs[m]) for m in args.methods}
     priors = {(p, False): wrapped_prior(prior, torch.device(args.device).type, p == "bf16", False)
@@ -371,8 +372,7 @@ def main(argv=None) -> int:
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "peak_tflops_bf16": args.peak_tflops, "budget_s": args.budget_s, "timed_steps": args.timed_steps,
         "settings": {"n": st.n, "note": st.note,  # the variance table is an object, named only
-                     **{m: {k: (type(v).__name__ if k == "variance" else v) for k, v in kwargs[m].items()}
-                        for m in args.methods}},
+                     **{m: jsonable_kwargs(kwargs[m]) for m in args.methods}},
         "flops_per_forward": flops_fwd, "flops_per_step_batch1": flops,
         "forward_equivalents_per_step": {m: flops[m] / flops_fwd for m in args.methods},
         "flop_counter": "formulas of torch.utils.flop_counter.flop_registry, float32 eager, batch 1, one step",

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe, finite_sample_coverage, sampler_kwargs  # noqa: E402
+from common import describe, finite_sample_coverage, jsonable_kwargs, mmps_run_kwargs, sampler_kwargs  # noqa: E402
 
 LEVELS: tuple[float, ...] = (0.68, 0.95)
 """Credible levels of the pixel coverage."""
@@ -279,20 +279,6 @@ def sampler_arguments(settings, args) -> tuple[int, dict, dict]:
     if args.zeta:
         dp["zeta"] = args.zeta
     return args.n or settings.n, mm, dp
-
-
-def mmps_run_kwargs(problem, mm: dict) -> dict:
-    """The keyword arguments the notebooks' MMPS runs with: the problem's profile defaults
-    (:meth:`diffdecon.problem.InverseProblem.mmps_defaults`: time spacing, Jacobi
-    preconditioner, closed-form linearisation, trust region, warm start, x0 range) under the
-    settings' ``mm`` (steps, CG iterations, covariance), as ``deconvolution`` and ``sbc`` do."""
-    return {**problem.mmps_defaults(mm.get("covariance")), **mm}
-
-
-def jsonable_kwargs(kw: dict) -> dict:
-    """``kw`` with callables replaced by their qualified names (for the results file)."""
-    return {k: (getattr(v, "__qualname__", repr(v)) if callable(v) else list(v) if isinstance(v, tuple) else v)
-            for k, v in kw.items()}
 
 
 def _methods(prior, run_problem, args, n, mm, dp, T):

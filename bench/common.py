@@ -33,6 +33,28 @@ def _settings_dict(settings) -> dict[str, Any]:
     raise TypeError(f"settings of type {type(settings).__name__}; accepted: a SamplerSettings dataclass or a dict")
 
 
+def mmps_run_kwargs(problem, mm: dict) -> dict:
+    """The keyword arguments the notebooks' MMPS runs with: the problem's profile defaults
+    (:meth:`diffdecon.problem.InverseProblem.mmps_defaults`: time spacing, Jacobi
+    preconditioner, closed-form linearisation, trust region, warm start, x0 range) under the
+    settings' ``mm`` (steps, CG iterations, covariance), as ``deconvolution`` and ``sbc`` do."""
+    return {**problem.mmps_defaults(mm.get("covariance")), **mm}
+
+
+def jsonable_kwargs(kw: dict) -> dict:
+    """``kw`` for a results file: callables by their qualified names, tuples as lists, other
+    objects that JSON cannot hold (a variance table) by their type's name."""
+    def one(v):
+        if callable(v):
+            return getattr(v, "__qualname__", repr(v))
+        if isinstance(v, tuple):
+            return list(v)
+        if v is None or isinstance(v, (bool, int, float, str, list, dict)):
+            return v
+        return type(v).__name__
+    return {k: one(v) for k, v in kw.items()}
+
+
 def sampler_kwargs(settings, sampler: str, sampler_fn: Callable | None = None) -> dict[str, Any]:
     """Keyword arguments of ``samplers.<sampler>`` carried by ``settings``.
 

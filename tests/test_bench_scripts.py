@@ -179,6 +179,15 @@ def test_paper_sampler_bench_smoke_writes_its_fields(paper_bench, tmp_path):
         assert r["samples_per_s"] == pytest.approx(r["batch"] / (r["seconds_per_step"] * r["steps_per_sample"]))
     assert d["extrapolation"]["mmps"]["steps"] == d["settings"]["mmps"]["steps"]
     assert "published_loop" in d["extrapolation"]
+    # MMPS is timed as the notebooks run it: the profile's defaults under the settings
+    from diffdecon.config import get_profile
+    from diffdecon.prior import X0_RANGE
+
+    P, mm = get_profile("smoke"), d["settings"]["mmps"]
+    assert mm["spacing"] == P.time_spacing and mm["x0_clip"] == list(X0_RANGE)
+    if mm["covariance"] != "tweedie":
+        assert mm["precond"].endswith("normal_diagonal") and mm["linearise"].endswith("linearised")
+        assert mm["warm_start"] == P.warm_start and mm["max_step"] > 0
 
 
 # ------------------------------------------------------------------ azula on the same problem
