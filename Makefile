@@ -86,8 +86,9 @@ bench: venv
 	# Sampler settings from validation.sampler_settings(profile). DPS at zeta = 1e-3: the
 	# published zeta = 1 diverges in flux units on the quick model (results/bench_sampling_zeta1.json).
 	$(PY) bench/bench_sampling.py --zeta 1e-3
-	# Calibration where the answer is known: 100 prior-drawn and 24 held-out truths -> results/calibration.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 100 --heldout 24
+	# Calibration where the answer is known: 100 prior-drawn and 16 held-out truths per magnitude
+	# (i = 18, 20, 22) -> results/calibration.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 300 --heldout 48
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \

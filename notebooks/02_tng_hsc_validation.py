@@ -202,7 +202,7 @@ _ = plotting.save_figure(plotting.tarp_figure({labels[m]: (c["alpha"], c["ecp"])
 # a scale set from each truth's own total would tell the sampler that total, and the truths
 # would no longer be draws of the prior it assumes. Coverage is split by the truth's surface brightness in
 # noise units: sky (< 1 sigma), faint (1-10) and galaxy (> 10). Here a small set; the bench
-# script `bench/bench_calibration.py` runs 100 prior-drawn and 24 held-out truths and writes
+# script `bench/bench_calibration.py` runs 100 prior-drawn and 16 held-out truths per magnitude and writes
 # `results/calibration.json`, whose numbers the manuscript quotes. Beside each TARP figure it
 # prints what drives it: the z-score of the mean over truths of (distance of the samples to
 # TARP's reference) squared minus (distance of the truth) squared, over the whole image. For a
