@@ -13,7 +13,7 @@ through Gaussian PSFs with the fallback HSC noise (``mock.FALLBACK_*``), the ope
 the notebooks (``physics.ForwardModel``). Sampler arguments come from
 ``validation.sampler_settings(profile)`` (paper: MMPS 100 steps with 5 CG iterations, DPS
 1000 steps, 256 samples) through ``bench/common.sampler_kwargs``; MMPS gets them over the
-problem's profile defaults (``common.mmps_run_kwargs``: preconditioner, closed-form
+problem's profile defaults (``InverseProblem.mmps_kwargs``: preconditioner, closed-form
 linearisation, time spacing, warm start, trust region), as the notebooks run it.
 
 Measured, per (sampler, precision, batch size[, torch.compile]): seconds per sampler step
@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count_flops, describe, jsonable_kwargs, mmps_run_kwargs, peak_memory, sampler_kwargs, timed, wrapped_prior  # noqa: E402
+from common import count_flops, describe, jsonable_kwargs, peak_memory, sampler_kwargs, timed, wrapped_prior  # noqa: E402
 
 MOCK_Z = 0.21677
 """Redshift of the benchmark observation (the paper's test1)."""
@@ -77,7 +77,7 @@ def galaxy_image(profile):
 def make_problem(profile, device):
     """((y, forward, sigma), problem, galaxy source) of the benchmark observation on ``device``
     (float32): ``problem`` the :class:`diffdecon.problem.InverseProblem` with its tensors and
-    operator on ``device`` (its profile defaults of MMPS, :func:`common.mmps_run_kwargs`,
+    operator on ``device`` (its profile defaults of MMPS, :meth:`InverseProblem.mmps_kwargs`,
     refer to them), ``forward`` its prior space -> observation flux map; y in HSC coadd flux
     per observation pixel."""
     import dataclasses
@@ -304,7 +304,7 @@ def _setup(args):
         kwargs["mmps"]["variance"] = measure(prior, x0, timesteps(P.diffusion_steps, 8, "quadratic"), g,
                                              progress=False, annuli=annuli)
     if "mmps" in kwargs:  # what the notebooks run: the settings over the profile's defaults
-        kwargs["mmps"] = mmps_run_kwargs(inverse_problem, kwargs["mmps"])
+        kwargs["mmps"] = inverse_problem.mmps_kwargs(kwargs["mmps"])
     return P, prior, problem, st, kwargs
 
 

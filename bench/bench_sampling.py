@@ -19,7 +19,7 @@ noise; ``diffdecon.validation.mock_set``) is inverted, in one run, by:
 * ``dps_batched``: the same DPS, all ``n`` samples in one batch, the settings' DPS steps (<= 100).
 * ``default`` (MMPS at the settings, over the problem's profile defaults: time spacing, Jacobi
   preconditioner, closed-form linearisation, trust region, warm start, x0 range; what the
-  notebooks and the CLI run, :func:`mmps_run_kwargs`): ``n`` samples in one batch.
+  notebooks and the CLI run, :meth:`diffdecon.problem.InverseProblem.mmps_kwargs`): ``n`` samples in one batch.
 * ``azula_mmps``: azula's ``MMPSDenoiser`` (its default GMRES solver, as many iterations as
   the settings' CG iterations) on the same denoiser (``prior.x0_hat`` behind azula's
   ``Denoiser`` interface, the discrete cosine schedule mapped to azula's time in [0, 1]),
@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe, finite_sample_coverage, jsonable_kwargs, mmps_run_kwargs, sampler_kwargs  # noqa: E402
+from common import describe, finite_sample_coverage, jsonable_kwargs, sampler_kwargs  # noqa: E402
 
 LEVELS: tuple[float, ...] = (0.68, 0.95)
 """Credible levels of the pixel coverage."""
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     prior = prior.to(dev)
     run_problem = _on_device(problem, dev)
-    mm = mmps_run_kwargs(run_problem, mm)  # what the notebooks run: the settings over the profile's defaults
+    mm = run_problem.mmps_kwargs(mm)  # what the notebooks run: the settings over the profile's defaults
     runs = _methods(prior, run_problem, args, n, mm, dp, T)
     reset_ok = _reset_peak()
     print(f"profile {P.name}; mock z = {mk.z}; {args.threads} threads; settings: {st.note}", flush=True)

@@ -33,14 +33,6 @@ def _settings_dict(settings) -> dict[str, Any]:
     raise TypeError(f"settings of type {type(settings).__name__}; accepted: a SamplerSettings dataclass or a dict")
 
 
-def mmps_run_kwargs(problem, mm: dict) -> dict:
-    """The keyword arguments the notebooks' MMPS runs with: the problem's profile defaults
-    (:meth:`diffdecon.problem.InverseProblem.mmps_defaults`: time spacing, Jacobi
-    preconditioner, closed-form linearisation, trust region, warm start, x0 range) under the
-    settings' ``mm`` (steps, CG iterations, covariance), as ``deconvolution`` and ``sbc`` do."""
-    return {**problem.mmps_defaults(mm.get("covariance")), **mm}
-
-
 def jsonable_kwargs(kw: dict) -> dict:
     """``kw`` for a results file: callables by their qualified names, tuples as lists, other
     objects that JSON cannot hold (a variance table) by their type's name."""

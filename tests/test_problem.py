@@ -97,6 +97,15 @@ def test_mmps_defaults_carry_the_profiles_solver_settings(smoke_mock):
     assert "cg_tol" not in pb.mmps_defaults("tweedie")  # the Jacobian covariance solves without them
 
 
+def test_mmps_kwargs_puts_the_settings_over_the_defaults_of_their_covariance(smoke_mock):
+    pb = problem.from_mock(smoke_mock, "smoke")
+    kw = pb.mmps_kwargs({"steps": 7, "cg_iters": 3, "x0_draw": not pb.profile.x0_draw})
+    assert kw == {**pb.mmps_defaults(), "steps": 7, "cg_iters": 3, "x0_draw": not pb.profile.x0_draw}
+    tw = pb.mmps_kwargs({"covariance": "tweedie"})
+    assert tw["covariance"] == "tweedie" and "precond" not in tw and "cg_tol" not in tw
+    assert pb.mmps_kwargs() == pb.mmps_defaults()
+
+
 
 def test_prepare_target_real(present_targets, hsc_root):
     for name in present_targets:

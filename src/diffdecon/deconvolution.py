@@ -178,7 +178,7 @@ def _sample(problem: InverseProblem, prior, sampler: str, n: int, steps: int, ge
     fn = samplers.mmps if sampler == "mmps" else samplers.dps
     sampler_kwargs.setdefault("x0_clip", X0_RANGE)  # sanity range of Tweedie's x0, see prior.X0_RANGE
     if sampler == "mmps":
-        sampler_kwargs = {**problem.mmps_defaults(sampler_kwargs.get("covariance")), **sampler_kwargs}
+        sampler_kwargs = problem.mmps_kwargs(sampler_kwargs)
     chunks = []
     starts = range(0, n, batch_size)
     for i in tqdm(starts, desc=f"{sampler} {problem.name}", unit="batch", disable=not progress or len(starts) == 1):

@@ -128,6 +128,13 @@ class InverseProblem:
                       cg_tol=P.cg_tol, x0_draw=P.x0_draw, warm_start=P.warm_start)
         return kw
 
+    def mmps_kwargs(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of :func:`diffdecon.mmps.mmps` for this problem: the profile's
+        defaults (:meth:`mmps_defaults`, for the covariance that ``settings`` names) under
+        ``settings`` (steps, CG iterations, covariance, ...), whose values win."""
+        settings = dict(settings or {})
+        return {**self.mmps_defaults(settings.get("covariance")), **settings}
+
     def linearised(self, x: torch.Tensor):
         """``forward`` linearised at prior-space ``x`` (B, C, H, W) in closed form:
         ``(A(s unstretch(x)), u -> A (d u), v -> d A^T v)`` with ``d = s unstretch'(x)``

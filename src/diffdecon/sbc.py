@@ -175,8 +175,8 @@ def make_cases(prior, x_true: torch.Tensor, mags: Sequence[float], redshifts: Se
 def posterior_draws(case: CalibrationCase, prior, n: int, settings: dict, seed: int) -> torch.Tensor:
     """``n`` MMPS posterior samples (prior space) of ``case`` with ``settings`` (keyword
     arguments of :func:`samplers.mmps`: ``steps``, ``cg_iters``, ``covariance``, ...) over
-    the profile's defaults (:meth:`diffdecon.problem.InverseProblem.mmps_defaults`)."""
-    kw = {**case.problem.mmps_defaults(settings.get("covariance")), **settings}
+    the profile's defaults (:meth:`diffdecon.problem.InverseProblem.mmps_kwargs`)."""
+    kw = case.problem.mmps_kwargs(settings)
     gens = [torch.Generator().manual_seed(seed * 100_003 + j) for j in range(n)]
     p = case.problem
     return samplers.mmps(prior, p.y, p.forward, p.sigma, gens, n, progress=False, **kw).detach()
