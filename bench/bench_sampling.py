@@ -388,7 +388,10 @@ def main(argv=None) -> int:
         print(f"  {rec['wall_s']:.1f} s, {rec['samples_per_s']:.4f} samples/s, finite {rec['n_finite']}/{k}", flush=True)
     _ratios(records)
     target = speed_target(records)
-    out = {"profile": P.name, "note": note, "checkpoint": str(getattr(prior, "checkpoint_path", "")),
+    from diffdecon import paths
+
+    checkpoint = getattr(prior, "checkpoint_path", None)
+    out = {"profile": P.name, "note": note, "checkpoint": paths.shown(checkpoint) if checkpoint else "",
            "checkpoint_sha256": getattr(prior, "checkpoint_sha256", None), "mock_z": mk.z,
            "mock_source": mk.reference.source, "threads": args.threads, "cpu_count": os.cpu_count(),
            "load_average": list(os.getloadavg()), "machine": platform.platform(), "torch": torch.__version__,

@@ -81,7 +81,7 @@ fig = training.training_curve_figure(
     log, title=f"{P.prediction}-prediction loss, profile {P.name} (synthetic galaxies)",
     prediction=P.prediction)
 plotting.mark_synthetic(fig)
-plotting.save_figure(fig, "prior_training_curve")
+_ = plotting.save_figure(fig, "prior_training_curve")
 print(f"{len(log)} steps of {P.batch_size} images, final running-mean loss "
       f"{np.mean([r['loss'] for r in log[-50:]]):.4f}, training wall time {log[-1]['elapsed_s'] / 60:.1f} min "
       f"(median {np.median([r['images_per_s'] for r in log]):.0f} images/s)")
@@ -124,8 +124,8 @@ delta, delta_sd = ev.change[steps[-1]]
 verdict = "falls" if ev.falls(2.0) else "does not fall by more than 2 paired standard deviations"
 print(f"FID from step {steps[0]} to {steps[-1]}: {delta:+.3f} +- {delta_sd:.3f} (paired bootstrap sd): "
       f"it {verdict}; floor {ev.floor:.3f}")
-manuscript.write_table("fid_steps", table)
-manuscript.write_variables("prior_training", {
+_ = manuscript.write_table("fid_steps", table)
+_ = manuscript.write_variables("prior_training", {
     "PriorProfile": P.name,
     "PriorParamsM": round(n_params / 1e6, 2),
     "PriorTrainSteps": P.train_steps,
@@ -150,7 +150,7 @@ shown = torch.cat([unstretch(ev.x_train[:8], P.asinh_a), unstretch(final, P.asin
 fig = plotting.galaxy_grid(shown, ncols=8,
                            titles=["training"] * 8 + [f"sample, step {steps[-1]}"] * 8)
 fig.suptitle(f"training images (top) and prior samples (bottom), profile {P.name}", fontsize=9)
-plotting.save_figure(fig, "prior_samples")
+_ = plotting.save_figure(fig, "prior_samples")
 
 # %% [markdown]
 # ## Mode collapse: UMAP of training images and samples

@@ -67,7 +67,7 @@ fig = plotting.forward_operator_figure(
     obs.truth, resampled, obs.y, z=z, m=obs.operator.m, profile=P.name,
     pixel_scale_kpc=P.pixel_scale_kpc, pixel_scale_arcsec=config.HSC_PIXEL_SCALE, source=reference.source,
 )
-plotting.save_figure(fig, "fig1_forward_operator")
+_ = plotting.save_figure(fig, "fig1_forward_operator")
 _ = manuscript.write_variables("forward_model", {
     "FMProfile": P.name,
     "FMHighZ": z_high,

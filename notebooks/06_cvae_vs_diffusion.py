@@ -201,7 +201,7 @@ table = manuscript.latex_table(
              f"noise-free, Inception): diffusion {pub['retained']['diffusion']:g}\\,\\% valid, variance "
              f"{pub['variance']['diffusion']:g}; CVAE {pub['retained']['cvae']:g}\\,\\%, {pub['variance']['cvae']:g}."),
     label="tab:cvae")
-manuscript.write_table("cvae_vs_diffusion", table)
+_ = manuscript.write_table("cvae_vs_diffusion", table)
 print(table)
 
 # %%
@@ -226,7 +226,7 @@ for key, k in (("Obs", "observation"), ("Truth", "truth"), ("TruthNoise", "truth
 for key, k in (("Diffusion", "conditional diffusion"), ("CVAE", "CVAE"), ("MMPS", "prior + MMPS"),
                ("DPS", "prior + DPS")):
     variables |= {f"CondFit{key}": verdicts[k][0], f"CondDiv{key}": verdicts[k][1]}
-manuscript.write_variables("cvae_vs_diffusion", variables)
+_ = manuscript.write_variables("cvae_vs_diffusion", variables)
 
 # %% [markdown]
 # ## Figures: candidates, validity against the threshold, the CVAE sweep
@@ -236,12 +236,12 @@ i = 0
 show = ["conditional diffusion", "CVAE", "prior + MMPS", "prior + DPS", "truth + noise"]
 fig = cplot.candidates_figure(test.x[i], test.y[i], test.psf[i], {k: draws[k].samples[i] for k in show},
                               cfg.sigma_y, profile=P.name)
-plotting.save_figure(fig, "cvae_vs_diffusion_samples")
+_ = plotting.save_figure(fig, "cvae_vs_diffusion_samples")
 grid = np.logspace(-1, 2, 80)
 fig = cplot.retained_figure(grid, {k: ev.retained_curve(s.chi2r, grid) for k, s in scores.items()
                                    if not k.startswith("CVAE a=")}, thr, cfg.quantile, profile=P.name)
-plotting.save_figure(fig, "cvae_vs_diffusion_retained")
+_ = plotting.save_figure(fig, "cvae_vs_diffusion_retained")
 fig = cplot.sweep_figure(test.x[i], {f"a={a:g}, b={b:g}": m.sample(test.y[i:i + 1], test.psf[i:i + 1], 1,
                                                                      torch.Generator().manual_seed(0))[0, 0]
                                      for (a, b), m in sweep.items()}, profile=P.name)
-plotting.save_figure(fig, "cvae_vs_diffusion_sweep")
+_ = plotting.save_figure(fig, "cvae_vs_diffusion_sweep")

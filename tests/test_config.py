@@ -60,3 +60,18 @@ def test_data_dir_from_environment(monkeypatch, tmp_path):
     assert paths.hsc_dir() == tmp_path.resolve() / "hsc_pdr3_cosmos"
     with pytest.raises(FileNotFoundError, match="DIFFDECON_DATA"):
         paths.require_dir(tmp_path / "missing", "HSC data")
+
+
+def test_shown_paths_carry_no_machine_layout(monkeypatch, tmp_path):
+    data = tmp_path / "observations"
+    monkeypatch.setenv("DIFFDECON_DATA", str(data))
+    monkeypatch.delenv("DIFFDECON_CACHE", raising=False)
+    assert paths.shown(data / "hsc_pdr3_cosmos" / "test1") == "$DIFFDECON_DATA/hsc_pdr3_cosmos/test1"
+    assert paths.shown(data) == "$DIFFDECON_DATA"
+    # the default cache lies in the checkout: shown relative to it
+    assert paths.shown(paths.cache_dir() / "prior_samples" / "a.npy") == "data/cache/prior_samples/a.npy"
+    assert paths.shown(paths.MODELS / "quick") == "models/quick"
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    assert paths.shown(tmp_path / "cache" / "fid" / "e.pt") == "$DIFFDECON_CACHE/fid/e.pt"
+    # anything else is left as given
+    assert paths.shown(tmp_path / "elsewhere.txt") == str(tmp_path / "elsewhere.txt")

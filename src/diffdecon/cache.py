@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import paths
 from .errors import DiffdeconError
 
 
@@ -140,10 +141,10 @@ def cached(
     """
     path = Path(path)
     if not force and check_manifest(path, inputs):
-        print(f"[diffdecon] cache hit: {what} {path}")
+        print(f"[diffdecon] cache hit: {what} {paths.shown(path)}")
         return path
     with atomic_path(path) as tmp:
         build(tmp)
     write_manifest(path, inputs)
-    print(f"[diffdecon] recomputed: {what} {path}")
+    print(f"[diffdecon] recomputed: {what} {paths.shown(path)}")
     return path

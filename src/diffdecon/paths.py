@@ -85,3 +85,19 @@ def require_dir(path: Path, what: str) -> Path:
             "(e.g. export DIFFDECON_DATA=../shared/data), or run `make data`."
         )
     return path
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as printed by the package: relative to the checkout, or under
+    ``$DIFFDECON_DATA`` / ``$DIFFDECON_CACHE`` when it lies there.
+
+    Printed messages end up in the committed notebooks; an absolute path would carry one
+    machine's layout into the repository.
+    """
+    p = Path(path).expanduser().resolve()
+    for base, name in ((cache_dir(), "$DIFFDECON_CACHE"), (data_dir(), "$DIFFDECON_DATA")):
+        if p.is_relative_to(base) and not base.is_relative_to(ROOT):
+            return f"{name}/{p.relative_to(base).as_posix()}" if p != base else name
+    if p.is_relative_to(ROOT):
+        return p.relative_to(ROOT).as_posix() or "."
+    return str(path)

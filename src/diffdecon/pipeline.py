@@ -60,6 +60,20 @@ def executed_path(source: Path, profile: str) -> Path:
     return paths.BUILD / "notebooks" / profile / (Path(source).stem + ".ipynb")
 
 
+def _relative_papermill_paths(executed: Path, source: Path, out: Path) -> None:
+    """Record papermill's input and output paths relative to the checkout (it writes the
+    absolute paths of the machine that ran it, and the temporary file's name)."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    meta = nb.metadata.get("papermill")
+    if meta is None:
+        return
+    meta["input_path"] = paths.shown(source)
+    meta["output_path"] = paths.shown(out)
+    nbformat.write(nb, str(executed))
+
+
 def run(source: Path, profile: str = "quick", store: bool = False) -> Path:
     """Execute one notebook with papermill under ``profile``; return the executed notebook.
 
@@ -93,6 +107,7 @@ def run(source: Path, profile: str = "quick", store: bool = False) -> Path:
                 str(ipynb), str(tmp), parameters={"profile": profile}, kernel_name=KERNEL,
                 cwd=str(paths.NOTEBOOKS), progress_bar=False, log_output=False,
             )
+            _relative_papermill_paths(tmp, ipynb, out)
     finally:
         if env_profile is not None:
             os.environ["DIFFDECON_PROFILE"] = env_profile

@@ -367,6 +367,6 @@ def present_targets(root=None) -> list[str]:
     except FileNotFoundError:
         missing = []
     if missing:
-        print(f"[diffdecon] skipping targets whose files are missing under {root or paths.hsc_dir()}: "
+        print(f"[diffdecon] skipping targets whose files are missing under {paths.shown(root or paths.hsc_dir())}: "
               f"{', '.join(missing)} (run `make data` to fetch them)")
     return names

@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import cache
+from . import cache, paths
 from .samplers import _alphas_cumprod, _check_generator, _clip, _ddim_step, _Divergence, _randn, _time_batch, timesteps
 
 __all__ = ["KERNEL_REGULARIZATION", "check_cutouts", "GaussianNoiseScore", "NoiseScoreNet", "dsm_loss",
@@ -230,7 +230,7 @@ def train_noise_score(cutouts, kernel_ps, directory: Path, steps: int = 1500, ba
     final, ckpt = Path(directory) / "noise_score.pt", Path(directory) / "checkpoint.pt"
     try:
         if cache.check_manifest(final, inputs):
-            print(f"[diffdecon] cache hit: noise score {final}")
+            print(f"[diffdecon] cache hit: noise score {paths.shown(final)}")
             return load_noise_score(final, M, kernel_ps)
     except cache.CacheMismatchError as err:  # made from other inputs: never reused, retrained
         print(f"[diffdecon] cached noise score does not match ({err}); retraining it")
@@ -245,7 +245,7 @@ def train_noise_score(cutouts, kernel_ps, directory: Path, steps: int = 1500, ba
         if state["inputs"] == cache.hash_inputs(inputs):
             net.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), g.set_state(state["rng"])
             start = state["step"]
-            print(f"[diffdecon] resuming noise score training at step {start} from {ckpt}")
+            print(f"[diffdecon] resuming noise score training at step {start} from {paths.shown(ckpt)}")
     for step in tqdm(range(start, steps), desc="noise score (DSM)", disable=not progress, leave=False):
         idx = torch.randint(0, len(c), (batch,), generator=g)
         loss = dsm_loss(net, c[idx], g)
@@ -260,7 +260,7 @@ def train_noise_score(cutouts, kernel_ps, directory: Path, steps: int = 1500, ba
         torch.save({"model": net.state_dict(), "geometry": net.geometry()}, tmp)
     cache.write_manifest(final, inputs)
     ckpt.unlink(missing_ok=True)
-    print(f"[diffdecon] recomputed: noise score {final}")
+    print(f"[diffdecon] recomputed: noise score {paths.shown(final)}")
     return net.eval().requires_grad_(False)
 
 

@@ -296,7 +296,7 @@ def export_checkpoint(profile: Profile | str, src_dir: str | Path | None = None,
         "train_wall_s": state["log"][-1]["elapsed_s"] if state["log"] else None,
     }
     cache.atomic_write_text(dest / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True))
-    print(f"[diffdecon] exported {profile.name} checkpoint to {dest}")
+    print(f"[diffdecon] exported {profile.name} checkpoint to {paths.shown(dest)}")
     return dest
 
 
@@ -352,7 +352,7 @@ def prior_directory(profile: Profile | str, dataset=None, progress: bool = True)
         dest = paths.cache_dir() / "models" / "smoke"
         try:
             if committed_matches(profile, dataset.manifest_hash, dest_dir=dest):
-                print(f"[diffdecon] cache hit: smoke prior {dest}")
+                print(f"[diffdecon] cache hit: smoke prior {paths.shown(dest)}")
                 return dest
             stale = False
         except CheckpointMismatchError as err:  # made by another version of the code: never reused
@@ -366,14 +366,14 @@ def prior_directory(profile: Profile | str, dataset=None, progress: bool = True)
         if not result.finished:
             raise RuntimeError(f"smoke training stopped at step {result.step}")
         export_checkpoint(profile, result.run_dir, dest, dataset_manifest=dataset.manifest)
-        print(f"[diffdecon] recomputed: smoke prior {dest}")
+        print(f"[diffdecon] recomputed: smoke prior {paths.shown(dest)}")
         return dest
     dest = checkpoint_dir(profile)
     if not committed_matches(profile, dataset.manifest_hash):
         raise FileNotFoundError(
             f"no finished {profile.name} checkpoint in {dest}: run `make train PROFILE={profile.name}` "
             f"(python scripts/train.py --profile {profile.name})")
-    print(f"[diffdecon] cache hit: committed {profile.name} prior {dest}")
+    print(f"[diffdecon] cache hit: committed {profile.name} prior {paths.shown(dest)}")
     return dest
 
 
