@@ -5,6 +5,7 @@
                                       [--steps S] [--cg-iters K] [--cg-tol T] [--covariance C]
                                       [--x0-draw on|off] [--warm-start on|off] [--mags 18 20 22]
                                       [--variants draw mean]
+                                      [--prior network|mixture] [--components 1024] [--s0 0.05]
                                       [--threads 2] [--output PATH]
 
 Truths drawn from the prior itself and held-out synthetic galaxies are observed through the
@@ -12,8 +13,11 @@ HSC-like forward model at the paper's low redshifts and at the magnitudes given,
 with the profile's default MMPS settings (``validation.sampler_settings``) unless overridden.
 Writes one record per truth set (``prior_draws``, ``heldout``) and sampler with TARP and its
 null band, coverage per pixel class against the finite-sample target, chi^2 of every sample,
-rank statistics, the settings and the wall time (:mod:`diffdecon.sbc`). A benchmark, not a
-test: at quick it takes tens of minutes on a 2-core CPU.
+rank statistics, the settings and the wall time (:mod:`diffdecon.sbc`). With ``--prior
+mixture`` the trained network gives way to a Gaussian mixture about training galaxies whose
+denoiser is exact (:mod:`diffdecon.mixture_prior`), and the truths are its exact draws: there
+a miscalibration is the sampler's own, not the network's (-> results/calibration_mixture.json).
+A benchmark, not a test: at quick it takes tens of minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--x0-draw", choices=["profile", "on", "off"], default="profile",
                     help="the profile's x0_draw for this run (default: as the profile sets it): it selects the "
                          "sampler's step and the chain the prior-drawn truths come from")
+    ap.add_argument("--last-draw", choices=["on", "off"], default="off",
+                    help="with steps from a draw: the last step returns a draw of p(x0 | x_t, y) too, not its mean")
     ap.add_argument("--mags", type=float, nargs="+", default=[18.0, 20.0, 22.0], help="total i magnitudes [AB]")
     ap.add_argument("--variants", nargs="+", default=None, choices=["mean", "draw"],
                     help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) and/or from a draw of it "
@@ -49,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
                          "other as 'mmps_x0mean' or 'mmps_x0draw'")
     ap.add_argument("--covariance", default=None, choices=list(MMPS_COVARIANCES),
                     help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES)")
+    ap.add_argument("--prior", choices=["network", "mixture"], default="network",
+                    help="the profile's trained prior (default), or a Gaussian mixture about training galaxies "
+                         "whose denoiser is exact (diffdecon.mixture_prior): truths are its exact draws, so a "
+                         "miscalibration there is the sampler's; held-out truths are not drawn for it")
+    ap.add_argument("--components", type=int, default=1024, help="mixture components (--prior mixture)")
+    ap.add_argument("--s0", type=float, default=0.05,
+                    help="standard deviation of each mixture component [prior-space units] (--prior mixture)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/calibration.json (smoke: results/calibration_smoke.json)")
     args = ap.parse_args(argv)
@@ -61,14 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     from diffdecon import config, mock, paths, prior as prior_mod, sbc, validation
     from diffdecon.cache import atomic_write_text
 
-    prior = prior_mod.load_prior(args.profile)
-    prior.eval().requires_grad_(False)
+    if args.prior == "mixture":
+        from diffdecon import mixture_prior
+
+        prior = mixture_prior.from_training_set(args.profile, args.components, args.s0)
+        prior_id = prior.identity
+        if args.heldout:
+            print(f"[calibration] --prior mixture: no held-out set (its truths are the prior's exact draws); "
+                  f"--heldout {args.heldout} ignored")
+        args.heldout = 0
+    else:
+        prior = prior_mod.load_prior(args.profile)
+        prior.eval().requires_grad_(False)
+        prior_id = prior.checkpoint_sha256
     st = validation.sampler_settings(args.profile)
     P = config.get_profile(args.profile)
     if args.x0_draw != "profile":  # the sampler's chain, and so the truths' (reference_samples.prior_samples)
         import dataclasses
 
         P = dataclasses.replace(P, x0_draw=args.x0_draw == "on")
+        prior.profile = P
+    if args.last_draw == "on":  # the sampler's last step, and so the truths' chain's
+        import dataclasses
+
+        P = dataclasses.replace(P, last_draw=True)
         prior.profile = P
     cg_tol = P.cg_tol if args.cg_tol is None else (args.cg_tol or None)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
@@ -78,22 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants or [own]
     reference = mock.hsc_reference()
     default = "calibration.json" if args.profile == "quick" else f"calibration_{args.profile}.json"
+    if args.prior == "mixture":
+        default = default.replace("calibration", "calibration_mixture")
     out = Path(args.output) if args.output else paths.RESULTS / default
     record = {"profile": args.profile, "sampler": "mmps", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "torch_threads": args.threads, "checkpoint_sha256": prior.checkpoint_sha256,
+              "torch_threads": args.threads, "checkpoint_sha256": prior_id,
+              "prior": ("the trained network" if args.prior == "network" else
+                        f"Gaussian mixture, {args.components} training galaxies, s0 = {args.s0:g} (exact denoiser)"),
               "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance, {P.time_spacing} time spacing, "
                                    f"{settings['cg_iters']} CG at most (tolerance {cg_tol}"
                                    f"{', warm-started from the previous step' if settings['warm_start'] else ''}), step from "
                                    f"{'a draw' if own == 'draw' else 'the mean'} of the Gaussian p(x0 | x_t, y) "
-                                   "(the profile's sampler)",
+                                   "(the profile's sampler)"
+                                   + (", the last step a draw too" if own == "draw" and args.last_draw == "on" else ""),
                            f"mmps_x0{'mean' if own == 'draw' else 'draw'}":
-                               f"the same, step from {'the mean' if own == 'draw' else 'a draw'} of it"}}
+                               f"the same, step from {'the mean' if own == 'draw' else 'a draw'} of it"
+                               + (", the last step a draw too" if own == "mean" and args.last_draw == "on" else "")}}
     for kind, n in (("prior_draws", args.truths), ("heldout", args.heldout)):
         for variant in variants if n else ():
             name = "mmps" if variant == own else f"mmps_x0{variant}"
             t0 = time.perf_counter()
-            rec = sbc.run_calibration(prior, kind, n, args.samples, {**settings, "x0_draw": variant == "draw"},
-                                      args.mags, validation.PAPER_LOW_Z, reference)
+            # the profile's last_draw reaches the draw variant through InverseProblem.mmps_kwargs
+            run = {**settings, "x0_draw": variant == "draw", "last_draw": variant == "draw" and P.last_draw}
+            rec = sbc.run_calibration(prior, kind, n, args.samples, run, args.mags, validation.PAPER_LOW_Z, reference)
             record.setdefault(kind, {})[name] = rec
             print(f"[calibration] {kind}, {name}: {n} truths in {time.perf_counter() - t0:.0f} s: chi2 median "
                   f"{rec['chi2_sample_median']:.3f}, coverage 68/95 {rec['coverage_68']:.3f}/{rec['coverage_95']:.3f} "

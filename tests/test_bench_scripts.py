@@ -312,3 +312,22 @@ def test_prior_drift_bench_records_both_starting_sets(monkeypatch, tmp_path, smo
     assert rec["chain"].endswith("eta 1") and rec["wall_time_s"] > 0
     assert [(m["start"], m["t"]) for m in rec["mean_error"]] == [("prior_draws", 25), ("heldout", 25)]
     assert len(rec["runs"][0]["flux_start"]["mean"]) == len(rec["runs"][0]["annuli_px"]) - 1
+
+
+def test_calibration_bench_on_the_exact_mixture_prior(monkeypatch, tmp_path):
+    """``--prior mixture``: truths are the mixture's exact draws, the denoiser variance is
+    measured on them, and the record names the prior; no held-out set is drawn for it."""
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    bench = _load("bench/bench_calibration.py")
+    out = tmp_path / "cal_mix.json"
+    assert bench.main(["--profile", "smoke", "--prior", "mixture", "--components", "4", "--s0", "0.05",
+                       "--truths", "2", "--heldout", "3", "--samples", "2", "--steps", "4", "--cg-iters", "5",
+                       "--variants", "mean", "draw", "--last-draw", "on", "--threads", "1", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["prior"].startswith("Gaussian mixture, 4 training galaxies, s0 = 0.05")
+    assert rec["checkpoint_sha256"].startswith("mixture-")
+    runs = rec["prior_draws"]
+    assert runs["mmps"]["truth_chain"] == "exact draws of the closed-form prior"
+    assert runs["mmps"]["settings"]["last_draw"] is False and runs["mmps_x0draw"]["settings"]["last_draw"] is True
+    assert rec["samplers"]["mmps_x0draw"].endswith("the last step a draw too")
+    assert "heldout" not in rec

@@ -95,6 +95,10 @@ def test_mmps_defaults_carry_the_profiles_solver_settings(smoke_mock):
     kw2 = pb2.mmps_defaults()
     assert (kw2["cg_tol"], kw2["x0_draw"]) == (1e-3, False)
     assert "cg_tol" not in pb.mmps_defaults("tweedie")  # the Jacobian covariance solves without them
+    # last_draw only with steps from draws (mmps refuses it alone)
+    assert "last_draw" not in dataclasses.replace(pb, profile=dataclasses.replace(P, last_draw=True)).mmps_defaults()
+    both = dataclasses.replace(pb, profile=dataclasses.replace(P, x0_draw=True, last_draw=True)).mmps_defaults()
+    assert both["x0_draw"] is True and both["last_draw"] is True
 
 
 def test_mmps_kwargs_puts_the_settings_over_the_defaults_of_their_covariance(smoke_mock):

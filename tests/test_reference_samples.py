@@ -61,3 +61,30 @@ def test_the_chain_follows_the_profiles_x0_draw(hashed_prior, capsys):
     assert [("quaddraw4" in f, "quad4" in f) for f in files] == [(False, True), (True, False)]
     # the draws add the denoiser's own spread: the chain from D is narrower about the prior mean
     assert float(mean.std(0).mean()) < float(drawn.std(0).mean())
+
+
+def test_the_chain_follows_the_profiles_last_draw(hashed_prior, capsys):
+    """With ``x0_draw`` and ``last_draw`` the reference chain's last step is a draw too (the
+    posterior sampler's with the profile's defaults): a product of its own (tag ``lastdraw``,
+    keyed ``last_draw``), the same draws up to the last step's added spread; the products of
+    the chain with a mean last step keep their key."""
+    import dataclasses
+    import json
+
+    hashed_prior.profile = dataclasses.replace(hashed_prior.profile, x0_draw=True)
+    mean_last = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
+    hashed_prior.profile = dataclasses.replace(hashed_prior.profile, last_draw=True)
+    drawn_last = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
+    assert capsys.readouterr().out.count("recomputed: prior samples") == 2 and not torch.equal(mean_last, drawn_last)
+    folder = reference_samples.paths.cache_dir() / "prior_samples"
+    files = sorted(p.name for p in folder.glob("*.npy"))
+    assert len(files) == 2 and sum("-lastdraw" in f for f in files) == 1
+    manifests = {f: json.loads((folder / (f + ".manifest.json")).read_text())["inputs"] for f in files}
+    assert {("-lastdraw" in f, m.get("last_draw")) for f, m in manifests.items()} == {(False, None), (True, True)}
+
+
+def test_last_draw_needs_x0_draw(smoke_gaussian_prior):
+    from diffdecon.mmps import mmps_prior
+
+    with pytest.raises(ValueError, match="last_draw=True needs x0_draw=True"):
+        mmps_prior(smoke_gaussian_prior, torch.Generator().manual_seed(0), 2, steps=2, x0_draw=False, last_draw=True)

@@ -114,6 +114,9 @@ class Profile:
         mean (``x0_draw`` of :func:`diffdecon.mmps.mmps`): the transition
         ``int q(x_s | x_t, x_0) p(x_0 | x_t, y) dx_0`` itself, which the mean under-disperses
         on a coarse time grid.
+    last_draw : bool
+        With ``x0_draw``, the last step (t = 0) returns a draw of ``p(x_0 | x_t, y)`` too, not its
+        mean (``last_draw`` of :func:`diffdecon.mmps.mmps`; the prior's reference chain follows).
     warm_start : bool
         Each MMPS step's CG solve starts from the previous step's ``x0_post`` instead of from
         ``D`` (``warm_start`` of :func:`diffdecon.mmps.mmps`): the same linear system, solved
@@ -156,6 +159,7 @@ class Profile:
     cg_iters: int = 20
     cg_tol: float | None = None
     x0_draw: bool = False
+    last_draw: bool = False
     warm_start: bool = False
     time_spacing: str = "quadratic"
     mmps_covariance: str = "empirical"

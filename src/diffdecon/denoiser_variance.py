@@ -267,7 +267,8 @@ def annuli_px(pixel_scale_kpc: float) -> tuple[float, ...]:
 
 def of_prior(prior, progress: bool = True) -> DenoiserVariance:
     """The table of a trained :class:`diffdecon.prior.DiffusionPrior`, measured on
-    :data:`N_IMAGES` training images of its profile at :data:`N_TIMES` quadratically spaced
+    :data:`N_IMAGES` training images of its profile (a closed-form prior with a ``sample``
+    method: its exact draws) at :data:`N_TIMES` quadratically spaced
     times; cached on disk (keyed by the checkpoint's SHA-256) and on the prior object."""
     import json
 
@@ -284,7 +285,9 @@ def of_prior(prior, progress: bool = True) -> DenoiserVariance:
 
     def compute() -> DenoiserVariance:
         g = torch.Generator().manual_seed(P.seed + 11)
-        if hasattr(prior, "normalise"):
+        if callable(getattr(prior, "sample", None)):  # a closed-form prior: its own exact draws
+            x0 = prior.sample(N_IMAGES, g)
+        elif hasattr(prior, "normalise"):
             ds = galaxies.build_dataset(P, split="train")
             x0, _ = prior.normalise(torch.tensor(np.array(ds.images[:N_IMAGES]), dtype=torch.float64))
         else:  # a stand-in prior without the training normalisation: its own ancestral draws

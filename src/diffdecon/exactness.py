@@ -30,7 +30,8 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
 
     Returns
     -------
-    {"mmps": errors, "mmps_isotropic": errors, "mmps_empirical": errors, "dps_<convention>_<zeta>": errors, ...} with the keys of
+    {"mmps": errors, "mmps_isotropic": errors, "mmps_empirical": errors, "mmps_empirical_draw": errors,
+    "dps_<convention>_<zeta>": errors, ...} with the keys of
     :func:`calibration.posterior_moment_errors` (mean error in posterior std, variance
     ratio, W2, chi^2) plus ``steps``, ``label`` and, for DPS, ``convention`` and ``zeta``.
     """
@@ -51,12 +52,18 @@ def exactness(side: int = 8, sigma_y: float = 0.05, n: int = 256, mmps_steps: in
     dv = denoiser_variance.measure(prior, prior.sample(128, torch.Generator().manual_seed(seed + 2)),
                                    samplers.timesteps(len(prior.schedule.alphas_cumprod), 32, "quadratic"),
                                    torch.Generator().manual_seed(seed + 3), progress=False)
-    for key, cov, label in (("mmps", "tweedie", "MMPS, Tweedie covariance"),
-                            ("mmps_isotropic", "isotropic", "MMPS, isotropic covariance"),
-                            ("mmps_empirical", "empirical", "MMPS, empirical diagonal covariance")):
+    # Each of these steps from the mean of p(x0 | x_t, y), which on a finite grid under-disperses the
+    # samples even where the covariance is exact (the Tweedie row); the last row steps from draws
+    # of it (the last step included), which is exact for a Gaussian p(x0 | x_t, y).
+    for key, cov, label, draw in (("mmps", "tweedie", "MMPS, Tweedie covariance", False),
+                                  ("mmps_isotropic", "isotropic", "MMPS, isotropic covariance", False),
+                                  ("mmps_empirical", "empirical", "MMPS, empirical diagonal covariance", False),
+                                  ("mmps_empirical_draw", "empirical",
+                                   "MMPS, empirical diagonal covariance, steps from draws", True)):
         xm = samplers.mmps(prior, y, forward, sigma_y, torch.Generator().manual_seed(seed + 1), n,
                            steps=mmps_steps, cg_iters=cg_iters, progress=progress, covariance=cov,
-                           **({"variance": dv} if cov == "empirical" else {}))
+                           **({"variance": dv} if cov == "empirical" else {}),
+                           **({"x0_draw": True, "last_draw": True} if draw else {}))
         out[key] = dict(calibration.posterior_moment_errors(xm, mu_post, Sigma_post), steps=mmps_steps,
                         label=f"{label} ({mmps_steps} steps, {cg_iters} CG)")
     for conv, zeta in dps_settings:

@@ -407,6 +407,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     cg_tol: float | None = None,
     newton: int = 1,
     warm_start: bool = False,
+    last_draw: bool = False,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -429,12 +430,17 @@ def mmps(  # long by its documented parameters: the body is one loop
     by that factor, at most ``cg_iters`` iterations; None runs them all) and ``newton``
     (diagonal covariances only: Gauss-Newton linearisations per step, :func:`mmps_isotropic_x0`)
     and ``warm_start`` (diagonal covariances only: each step's CG starts from the previous step's
-    ``x0_post`` instead of from ``D``; the system of the step is unchanged).
+    ``x0_post`` instead of from ``D``; the system of the step is unchanged) and ``last_draw``
+    (with ``x0_draw``: the last step, at t = 0, returns a draw of ``p(x_0 | x_t, y)`` too, not its
+    mean; where the data outweigh the prior at t = 0 the mean pulls every sample to the same
+    data-driven value and the samples come out too narrow).
 
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
     _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol, warm_start)
+    if last_draw and not x0_draw:
+        raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of p(x0 | x_t, y))")
     if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
         raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
     variance = _measured_variance(prior, covariance, variance, progress)
@@ -443,7 +449,8 @@ def mmps(  # long by its documented parameters: the body is one loop
     x0_prev = None
     for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps ({covariance})", disable=not progress, leave=False)):
         if covariance != "tweedie":
-            g = generator if x0_draw and a_prev[i] < 1 else None  # the last step returns the mean
+            # the last step returns the mean, or with last_draw a draw as the others
+            g = generator if x0_draw and (a_prev[i] < 1 or last_draw) else None
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
                                            max_step, variance, linearise, cg_tol, newton,
                                            x0_prev if warm_start else None)
@@ -471,6 +478,7 @@ def mmps_prior(  # the loop of mmps without data
     max_step: float | None = None,
     variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     spacing: str = "linear",
+    last_draw: bool = False,
 ) -> torch.Tensor:
     """The chain of :func:`mmps` when the data carry no information (``A = 0``): unconditional
     prior samples as the posterior sampler sees the prior, so that a posterior sample without
@@ -481,9 +489,11 @@ def mmps_prior(  # the loop of mmps without data
     the diagonal covariances, as in :func:`mmps_isotropic_x0`: ``D + S xi``, ``S S^T = V_t``,
     ``|S xi|`` bounded by ``max_step`` and the result clipped to ``x0_clip`` like the posterior
     step) or ``D`` itself (``x0_draw=False``: :func:`diffdecon.samplers.ddim_sample`), followed
-    by the DDIM step with ``eta``. Parameters as :func:`mmps`. Returns ``(n, C, H, W)``
-    prior-space samples.
+    by the DDIM step with ``eta``; the last step returns ``D``, or with ``last_draw`` a draw as
+    the others. Parameters as :func:`mmps`. Returns ``(n, C, H, W)`` prior-space samples.
     """
+    if last_draw and not x0_draw:
+        raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of N(D, V_t))")
     if covariance not in COVARIANCES or covariance == "tweedie":  # a diagonal-plus-low-rank covariance
         raise ValueError(f"covariance={covariance!r}: expected one of "
                          f"{', '.join(c for c in COVARIANCES if c != 'tweedie')} (a diagonal covariance)")
@@ -497,8 +507,8 @@ def mmps_prior(  # the loop of mmps without data
         variance = _measured_variance(prior, covariance, variance, progress)
     abar = _alphas_cumprod(prior)
 
-    def x0_step(D, t, last):  # a draw of N(D, V_t); the last step returns the mean, as in mmps
-        if not x0_draw or last:
+    def x0_step(D, t, last):  # a draw of N(D, V_t); the last step returns the mean unless last_draw, as in mmps
+        if not x0_draw or (last and not last_draw):
             return D
         c, lowrank_at = _diagonal_variance(float(abar[t]), v0, variance, D, t)
         delta = _covariance_sqrt(c, lowrank_at, t, D)(_randn(tuple(D.shape), generator, D.dtype, D.device))

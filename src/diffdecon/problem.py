@@ -116,7 +116,8 @@ class InverseProblem:
     def mmps_defaults(self, covariance: str | None = None) -> dict[str, Any]:
         """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
         iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
-        for the diagonal covariances its CG tolerance, ``x0_draw`` and ``warm_start``, the Jacobi
+        for the diagonal covariances its CG tolerance, ``x0_draw`` (with ``last_draw`` when the
+        profile sets both) and ``warm_start``, the Jacobi
         preconditioner of the CG solve (:meth:`normal_diagonal`), the trust region of the
         linearised step (:attr:`max_step`) and the closed-form linearisation (:meth:`linearised`)."""
         P = self.profile
@@ -126,6 +127,8 @@ class InverseProblem:
         if covariance != "tweedie":
             kw.update(precond=self.normal_diagonal, max_step=self.max_step, linearise=self.linearised,
                       cg_tol=P.cg_tol, x0_draw=P.x0_draw, warm_start=P.warm_start)
+        if P.x0_draw and P.last_draw:
+            kw["last_draw"] = True
         return kw
 
     def mmps_kwargs(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:

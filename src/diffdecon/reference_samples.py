@@ -83,7 +83,8 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
                 from .mmps import mmps_prior
 
                 x = mmps_prior(prior, g, n, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
-                               covariance=P.mmps_covariance, x0_draw=True, max_step=max_step, spacing=P.time_spacing)
+                               covariance=P.mmps_covariance, x0_draw=True, max_step=max_step, spacing=P.time_spacing,
+                               last_draw=P.last_draw)
             elif method == "ancestral":
                 x = samplers.ddim_sample(prior, n, g, steps=steps, eta=1.0, x0_clip=clip, progress=progress,
                                          spacing=P.time_spacing)
@@ -101,11 +102,15 @@ def prior_samples(prior, n: int | None = None, steps: int | None = None, seed: i
         inputs["spacing"] = P.time_spacing
     if drawn:  # the denoiser variance follows the checkpoint
         inputs.update(x0_draw=True, covariance=P.mmps_covariance, max_step=max_step)
+        if P.last_draw:  # keyed only when set: the caches of the chain with a mean last step stay valid
+            inputs["last_draw"] = True
     if clip is not None:
         inputs["x0_clip"] = list(clip)
     tag = (P.time_spacing[:4] + ("draw" if drawn else "")) if method == "ancestral" else ""
     if drawn and P.mmps_covariance != "empirical":  # the chain's V_t: one file per covariance
         tag += "-" + P.mmps_covariance
+    if drawn and P.last_draw:
+        tag += "-lastdraw"
     path = _cache_path(P.name, sha, method + tag, steps, n, seed, clip)
 
     def build(tmp: Path) -> None:

@@ -113,13 +113,17 @@ class CalibrationCase:
 
 
 def truth_images(prior, kind: str, n: int, seed: int = 1) -> torch.Tensor:
-    """``n`` prior-space truths (n, C, H, W): unconditional DDIM draws of ``prior`` (cached,
-    seed ``seed``) or held-out synthetic galaxies normalised as the training images."""
+    """``n`` prior-space truths (n, C, H, W): draws of ``prior`` from its sampling chain
+    (cached, seed ``seed``; a closed-form prior with a ``sample`` method: its exact draws,
+    e.g. :class:`diffdecon.mixture_prior.GalaxyMixturePrior`) or held-out synthetic galaxies
+    normalised as the training images."""
     from . import galaxies, reference_samples
 
     if kind not in TRUTH_SETS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(TRUTH_SETS)}")
     P = prior.profile
+    if kind == "prior_draws" and callable(getattr(prior, "sample", None)):  # a closed-form prior: exact draws
+        return prior.sample(n, torch.Generator().manual_seed(seed)).float()
     if kind == "prior_draws":
         return reference_samples.prior_samples(prior, n, seed=seed, progress=False)[:n].float()
     ds = galaxies.build_dataset(P, split="test", n=max(n, 64))
@@ -435,8 +439,12 @@ def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: d
     record = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str))},
               "mags": list(map(float, mags)), "redshifts": list(map(float, redshifts)), "wall_time_s": wall,
               "truth_source": kind, "reference": reference.source, **summarise(cases, draws, seed=seed)}
-    if kind == "prior_draws":  # which chain drew the truths (reference_samples.prior_samples)
-        record["truth_chain"] = "ancestral, x0 drawn" if prior.profile.x0_draw else "ancestral, x0 mean"
+    if kind == "prior_draws" and callable(getattr(prior, "sample", None)):
+        record["truth_chain"] = "exact draws of the closed-form prior"
+    elif kind == "prior_draws":  # which chain drew the truths (reference_samples.prior_samples)
+        P = prior.profile
+        record["truth_chain"] = ("ancestral, x0 mean" if not P.x0_draw else
+                                 "ancestral, x0 drawn" + (", the last step too" if P.last_draw else ""))
     record["by_mag"] = {}
     for mag in sorted(set(float(m) for m in mags)):
         idx = [k for k, c in enumerate(cases) if c.mag == mag]

@@ -119,7 +119,7 @@ def sampler_settings(profile: Profile | str) -> SamplerSettings:
                                note=f"CPU budget: {P.n_posterior} samples, MMPS {P.sampling_steps} steps x "
                                     f"{'at most ' if P.cg_tol else ''}{P.cg_iters} CG ({P.mmps_covariance} covariance, "
                                     f"{P.time_spacing} time spacing{f', CG tolerance {P.cg_tol:g}' if P.cg_tol else ''}"
-                                    f"{', steps from a draw of x0' if P.x0_draw else ''}"
+                                    f"{', steps from a draw of x0' + (' (the last too)' if P.last_draw else '') if P.x0_draw else ''}"
                                     f"{', CG warm-started from the previous step' if P.warm_start else ''}), DPS {P.sampling_steps} "
                                     "steps (published 1000)",
                                mmps_covariance=P.mmps_covariance)
