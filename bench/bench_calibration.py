@@ -89,15 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         prior_id = prior.checkpoint_sha256
     st = validation.sampler_settings(args.profile)
     P = config.get_profile(args.profile)
-    if args.x0_draw != "profile":  # the sampler's chain, and so the truths' (reference_samples.prior_samples)
+    # the sampler's steps and last step, and so the truths' chain (reference_samples.prior_samples)
+    steps_from = {} if args.x0_draw == "profile" else {"x0_draw": args.x0_draw == "on"}
+    if args.last_draw == "on":
+        steps_from["last_draw"] = True
+    if steps_from:
         import dataclasses
 
-        P = dataclasses.replace(P, x0_draw=args.x0_draw == "on")
-        prior.profile = P
-    if args.last_draw == "on":  # the sampler's last step, and so the truths' chain's
-        import dataclasses
-
-        P = dataclasses.replace(P, last_draw=True)
+        P = dataclasses.replace(P, **steps_from)
         prior.profile = P
     cg_tol = P.cg_tol if args.cg_tol is None else (args.cg_tol or None)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
