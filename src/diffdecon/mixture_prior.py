@@ -84,26 +84,27 @@ class GalaxyMixturePrior:
             raise InputValueError("t", t.tolist(), f"integers in [0, {self.abar.numel()})")
         return self.abar[t.cpu()].unsqueeze(1)  # (B, 1)
 
-    def responsibilities(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """w_k(x_t) (B, K): the posterior probability of each component given x_t (float64)."""
-        B = x_t.shape[0]
+    def _flat(self, x_t: torch.Tensor, t: torch.Tensor):
+        """``x_t`` flattened to float64 (B, d) on the CPU, abar_t and v_t (B, 1), checked."""
         if tuple(x_t.shape[1:]) != self.shape:
             raise InputValueError("x_t shape", tuple(x_t.shape), f"(B, {', '.join(map(str, self.shape))})")
-        a = self._a(t, B)
-        v = a * self.s0**2 + 1.0 - a
-        x = x_t.reshape(B, -1).to(torch.float64).cpu()
+        a = self._a(t, x_t.shape[0])
+        return x_t.reshape(x_t.shape[0], -1).to(torch.float64).cpu(), a, a * self.s0**2 + 1.0 - a
+
+    def _weights(self, x: torch.Tensor, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # |x - sqrt(a) mu_k|^2 without forming the (B, K, d) difference; float64 because the
         # logits differ by thousands where v is small
         dist = (x**2).sum(1, keepdim=True) - 2 * a.sqrt() * (x @ self.mu.T) + a * self.mu_sq
         return torch.softmax(-dist / (2 * v), dim=1)
 
+    def responsibilities(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """w_k(x_t) (B, K): the posterior probability of each component given x_t (float64)."""
+        return self._weights(*self._flat(x_t, t))
+
     def x0_hat(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Tweedie's E[x0 | x_t] (exact; module docstring), shape of ``x_t``."""
-        B = x_t.shape[0]
-        a = self._a(t, B)
-        v = a * self.s0**2 + 1.0 - a
-        w = self.responsibilities(x_t, t)
-        x = x_t.reshape(B, -1).to(torch.float64).cpu()
+        x, a, v = self._flat(x_t, t)
+        w = self._weights(x, a, v)
         D = (1 - a * self.s0**2 / v) * (w @ self.mu) + (a.sqrt() * self.s0**2 / v) * x
         return D.reshape(x_t.shape).to(x_t.dtype, copy=False).to(x_t.device)
 
