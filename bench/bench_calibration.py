@@ -3,7 +3,7 @@
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
                                       [--steps S] [--cg-iters K] [--cg-tol T] [--covariance C]
-                                      [--x0-draw on|off] [--warm-start on|off] [--mags 18 20 22]
+                                      [--x0-draw on|off] [--last-draw on|off] [--warm-start on|off] [--mags 18 20 22]
                                       [--variants draw mean]
                                       [--prior network|mixture] [--components 1024] [--s0 0.05]
                                       [--threads 2] [--output PATH]
@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--x0-draw", choices=["profile", "on", "off"], default="profile",
                     help="the profile's x0_draw for this run (default: as the profile sets it): it selects the "
                          "sampler's step and the chain the prior-drawn truths come from")
-    ap.add_argument("--last-draw", choices=["on", "off"], default="off",
-                    help="with steps from a draw: the last step returns a draw of p(x0 | x_t, y) too, not its mean")
+    ap.add_argument("--last-draw", choices=["profile", "on", "off"], default="profile",
+                    help="with steps from a draw: the last step returns a draw of p(x0 | x_t, y) too, not its mean "
+                         "(default: as the profile sets it)")
     ap.add_argument("--mags", type=float, nargs="+", default=[18.0, 20.0, 22.0], help="total i magnitudes [AB]")
     ap.add_argument("--variants", nargs="+", default=None, choices=["mean", "draw"],
                     help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) and/or from a draw of it "
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     P = config.get_profile(args.profile)
     # the sampler's steps and last step, and so the truths' chain (reference_samples.prior_samples)
     steps_from = {} if args.x0_draw == "profile" else {"x0_draw": args.x0_draw == "on"}
-    if args.last_draw == "on":
-        steps_from["last_draw"] = True
+    if args.last_draw != "profile":
+        steps_from["last_draw"] = args.last_draw == "on"
     if steps_from:
         import dataclasses
 
@@ -118,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{', warm-started from the previous step' if settings['warm_start'] else ''}), step from "
                                    f"{'a draw' if own == 'draw' else 'the mean'} of the Gaussian p(x0 | x_t, y) "
                                    "(the profile's sampler)"
-                                   + (", the last step a draw too" if own == "draw" and args.last_draw == "on" else ""),
+                                   + (", the last step a draw too" if own == "draw" and P.last_draw else ""),
                            f"mmps_x0{'mean' if own == 'draw' else 'draw'}":
                                f"the same, step from {'the mean' if own == 'draw' else 'a draw'} of it"
-                               + (", the last step a draw too" if own == "mean" and args.last_draw == "on" else "")}}
+                               + (", the last step a draw too" if own == "mean" and P.last_draw else "")}}
     for kind, n in (("prior_draws", args.truths), ("heldout", args.heldout)):
         for variant in variants if n else ():
             name = "mmps" if variant == own else f"mmps_x0{variant}"

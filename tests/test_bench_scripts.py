@@ -289,7 +289,7 @@ def test_calibration_bench_records_the_sampler_it_ran(monkeypatch, tmp_path, smo
     runs = rec["prior_draws"]
     assert set(runs) == {"mmps", "mmps_x0mean"}
     assert runs["mmps"]["settings"]["x0_draw"] is True and runs["mmps_x0mean"]["settings"]["x0_draw"] is False
-    assert runs["mmps"]["settings"]["cg_tol"] == 0.01 and runs["mmps"]["truth_chain"] == "ancestral, x0 drawn"
+    assert runs["mmps"]["settings"]["cg_tol"] == 0.01 and runs["mmps"]["truth_chain"] == "ancestral, x0 drawn, the last step too"
     assert "heldout" not in rec
 
 
@@ -322,7 +322,8 @@ def test_calibration_bench_on_the_exact_mixture_prior(monkeypatch, tmp_path):
     out = tmp_path / "cal_mix.json"
     assert bench.main(["--profile", "smoke", "--prior", "mixture", "--components", "4", "--s0", "0.05",
                        "--truths", "2", "--heldout", "3", "--samples", "2", "--steps", "4", "--cg-iters", "5",
-                       "--variants", "mean", "draw", "--last-draw", "on", "--threads", "1", "--output", str(out)]) == 0
+                       "--variants", "mean", "draw", "--x0-draw", "off", "--last-draw", "on", "--threads", "1",
+                       "--output", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["prior"].startswith("Gaussian mixture, 4 training galaxies, s0 = 0.05")
     assert rec["checkpoint_sha256"].startswith("mixture-")

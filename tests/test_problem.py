@@ -96,9 +96,11 @@ def test_mmps_defaults_carry_the_profiles_solver_settings(smoke_mock):
     assert (kw2["cg_tol"], kw2["x0_draw"]) == (1e-3, False)
     assert "cg_tol" not in pb.mmps_defaults("tweedie")  # the Jacobian covariance solves without them
     # last_draw only with steps from draws (mmps refuses it alone)
-    assert "last_draw" not in dataclasses.replace(pb, profile=dataclasses.replace(P, last_draw=True)).mmps_defaults()
+    alone = dataclasses.replace(pb, profile=dataclasses.replace(P, x0_draw=False, last_draw=True)).mmps_defaults()
+    assert "last_draw" not in alone and alone["x0_draw"] is False
     both = dataclasses.replace(pb, profile=dataclasses.replace(P, x0_draw=True, last_draw=True)).mmps_defaults()
     assert both["x0_draw"] is True and both["last_draw"] is True
+    assert P.x0_draw and P.last_draw  # the default of every profile: the sampler calibrated where the prior is exact
 
 
 def test_mmps_kwargs_puts_the_settings_over_the_defaults_of_their_covariance(smoke_mock):

@@ -49,10 +49,10 @@ def test_defaults_and_errors(smoke_gaussian_prior, tmp_path, monkeypatch, capsys
 def test_the_chain_follows_the_profiles_x0_draw(hashed_prior, capsys):
     """The ``ancestral`` reference is the posterior sampler's chain without data: with the
     profile's ``x0_draw`` each step starts from a draw of N(D, V_t), a cache product of its
-    own (tag ``draw``, inputs naming the covariance); without it (the default), from D."""
+    own (tag ``draw``, inputs naming the covariance); without it, from D."""
     import dataclasses
 
-    assert not hashed_prior.profile.x0_draw
+    hashed_prior.profile = dataclasses.replace(hashed_prior.profile, x0_draw=False, last_draw=False)
     mean = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
     hashed_prior.profile = dataclasses.replace(hashed_prior.profile, x0_draw=True)
     drawn = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
@@ -71,7 +71,7 @@ def test_the_chain_follows_the_profiles_last_draw(hashed_prior, capsys):
     import dataclasses
     import json
 
-    hashed_prior.profile = dataclasses.replace(hashed_prior.profile, x0_draw=True)
+    hashed_prior.profile = dataclasses.replace(hashed_prior.profile, x0_draw=True, last_draw=False)
     mean_last = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
     hashed_prior.profile = dataclasses.replace(hashed_prior.profile, last_draw=True)
     drawn_last = reference_samples.prior_samples(hashed_prior, n=3, steps=4, seed=1, progress=False)
