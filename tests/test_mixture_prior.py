@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffdecon.errors import InputValueError
-from diffdecon.mixture_prior import GalaxyMixturePrior, component_counts
+from diffdecon.mixture_prior import GalaxyMixturePrior
 
 SHAPE = (3, 32, 32)  # the smoke profile's grid
 
@@ -76,11 +76,6 @@ def test_draws_follow_the_mixture():
     assert bool(((counts - 1000).abs() < 5 * math.sqrt(1000 * 2 / 3)).all())  # uniform over components
     resid = x - p.mu[nearest]
     assert abs(float(resid.std()) - 0.1) < 0.002  # s0, to 2 %
-
-
-def test_component_counts():
-    w = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.3, 0.2]])
-    assert component_counts(w, (0.9,))[0.9].tolist() == [1, 3]
 
 
 def test_bad_input_names_what_is_accepted():

@@ -273,7 +273,7 @@ def of_prior(prior, progress: bool = True) -> DenoiserVariance:
     import json
 
     from . import galaxies
-    from .samplers import ddim_sample, timesteps
+    from .samplers import ddim_sample, has_exact_draws, timesteps
 
     memo = getattr(prior, "_denoiser_variance", None)
     if memo is not None:
@@ -285,7 +285,7 @@ def of_prior(prior, progress: bool = True) -> DenoiserVariance:
 
     def compute() -> DenoiserVariance:
         g = torch.Generator().manual_seed(P.seed + 11)
-        if callable(getattr(prior, "sample", None)):  # a closed-form prior: its own exact draws
+        if has_exact_draws(prior):  # a closed-form prior: its own exact draws
             x0 = prior.sample(N_IMAGES, g)
         elif hasattr(prior, "normalise"):
             ds = galaxies.build_dataset(P, split="train")

@@ -23,7 +23,6 @@ x_t ~ N(sqrt(abar) mu_k, v I) with v = abar s0^2 + 1 - abar, so (Tweedie, exactl
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ import torch
 from .config import Profile, get_profile
 from .errors import InputValueError
 
-__all__ = ["GalaxyMixturePrior", "component_counts", "from_training_set"]
+__all__ = ["GalaxyMixturePrior", "from_training_set"]
 
 
 class GalaxyMixturePrior:
@@ -139,10 +138,3 @@ def from_training_set(profile: Profile | str, n_components: int, s0: float, skip
         raise InputValueError("skip + n_components", skip + n_components, f"at most {len(ds.images)} training images")
     x, _ = normalise(torch.as_tensor(np.array(ds.images[skip:skip + n_components], dtype=np.float64)), P)
     return GalaxyMixturePrior(x, s0, P)
-
-
-def component_counts(w: torch.Tensor, levels: Sequence[float] = (0.9,)) -> dict[float, torch.Tensor]:
-    """How many components hold ``level`` of the responsibility mass, per row of ``w`` (B, K):
-    1 where one galaxy explains x_t, many where x_t is ambiguous."""
-    ws = torch.sort(w, dim=1, descending=True).values.cumsum(1)
-    return {lv: (ws < lv).sum(1) + 1 for lv in levels}

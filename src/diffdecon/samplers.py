@@ -34,6 +34,7 @@ __all__ = [
     "SamplerDivergenceError",
     "SPACINGS",
     "timesteps",
+    "has_exact_draws",
     "ddpm_sample",
     "ddim_sample",
     "dps",
@@ -93,6 +94,13 @@ def timesteps(T: int, steps: int, spacing: str = "linear") -> torch.Tensor:
         ts[i] = max(int(ts[i]), int(ts[i - 1]) + 1)
     assert int(ts[-1]) == T - 1 and torch.unique(ts).numel() == steps
     return ts.flip(0)
+
+
+def has_exact_draws(prior: Any) -> bool:
+    """Whether ``prior`` is a closed-form prior with exact draws, ``prior.sample(n, generator)``
+    -> ``(n, C, H, W)`` prior space (e.g. :class:`diffdecon.mixture_prior.GalaxyMixturePrior`);
+    a trained network has none and is drawn by its sampling chain."""
+    return callable(getattr(prior, "sample", None))
 
 
 def _alphas_cumprod(prior: Any) -> torch.Tensor:

@@ -122,7 +122,7 @@ def truth_images(prior, kind: str, n: int, seed: int = 1) -> torch.Tensor:
     if kind not in TRUTH_SETS:
         raise ValueError(f"kind={kind!r}; accepted: {', '.join(TRUTH_SETS)}")
     P = prior.profile
-    if kind == "prior_draws" and callable(getattr(prior, "sample", None)):  # a closed-form prior: exact draws
+    if kind == "prior_draws" and samplers.has_exact_draws(prior):
         return prior.sample(n, torch.Generator().manual_seed(seed)).float()
     if kind == "prior_draws":
         return reference_samples.prior_samples(prior, n, seed=seed, progress=False)[:n].float()
@@ -439,7 +439,7 @@ def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: d
     record = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str))},
               "mags": list(map(float, mags)), "redshifts": list(map(float, redshifts)), "wall_time_s": wall,
               "truth_source": kind, "reference": reference.source, **summarise(cases, draws, seed=seed)}
-    if kind == "prior_draws" and callable(getattr(prior, "sample", None)):
+    if kind == "prior_draws" and samplers.has_exact_draws(prior):
         record["truth_chain"] = "exact draws of the closed-form prior"
     elif kind == "prior_draws":  # which chain drew the truths (reference_samples.prior_samples)
         P = prior.profile
