@@ -330,3 +330,8 @@ def test_manuscript_variables_per_magnitude():
     assert (v["CalPriorSteps"], v["CalPriorCgIters"], v["CalPriorCgTol"]) == (20, 240, 1e-4)
     assert v["CalPriorTarpExcessZEighteen"] == 3.1 and v["CalPriorChiEighteen"] == 1.0
     assert math.isnan(v["CalPriorTarpExcessZTwenty"]) and math.isnan(v["CalHeldN"])
+    # another prefix names another run's variables (the exact mixture prior's), letters only
+    mix = sbc.manuscript_variables(rec, prefix="CalMix")
+    assert mix["CalMixPriorTarpExcessZEighteen"] == 3.1 and not any(k.startswith("CalPrior") for k in mix)
+    with pytest.raises(ValueError, match="letters only"):
+        sbc.manuscript_variables(rec, prefix="Cal_2")

@@ -456,35 +456,38 @@ def run_calibration(prior, kind: str, n_truths: int, n_samples: int, settings: d
 _WORDS = {"18": "Eighteen", "20": "Twenty", "22": "TwentyTwo"}
 
 
-def manuscript_variables(record: dict) -> dict:
+def manuscript_variables(record: dict, prefix: str = "Cal") -> dict:
     """LaTeX variables (``\\CalPriorChi``, ``\\CalHeldCovGalaxy``, ...) of a calibration record
     (the JSON of ``bench/bench_calibration.py``); NaN where the record lacks them. Per
     magnitude, ``Cal<set>TarpExcessZ<mag>`` is the z-score of the whole-image distance excess
-    behind TARP (``tarp_distance_excess``, module docstring)."""
+    behind TARP (``tarp_distance_excess``, module docstring). ``prefix`` replaces ``Cal``, e.g.
+    ``CalMix`` for a run on the exact mixture prior (letters only: LaTeX command names)."""
+    if not prefix.isalpha():
+        raise ValueError(f"prefix={prefix!r}; accepted: letters only (it begins LaTeX command names)")
     out = {}
     for kind, word in (("prior_draws", "Prior"), ("heldout", "Held")):
         r = record.get(kind, {}).get("mmps", {})
-        out[f"Cal{word}N"] = r.get("n_truths", float("nan"))
-        out[f"Cal{word}Samples"] = r.get("n_samples", float("nan"))
+        out[f"{prefix}{word}N"] = r.get("n_truths", float("nan"))
+        out[f"{prefix}{word}Samples"] = r.get("n_samples", float("nan"))
         st = r.get("settings", {})  # the sampler's steps, CG budget and tolerance
-        out[f"Cal{word}Steps"] = st.get("steps", float("nan"))
-        out[f"Cal{word}CgIters"] = st.get("cg_iters", float("nan"))
-        out[f"Cal{word}CgTol"] = st.get("cg_tol", "none" if st else float("nan"))  # none: all iterations run
+        out[f"{prefix}{word}Steps"] = st.get("steps", float("nan"))
+        out[f"{prefix}{word}CgIters"] = st.get("cg_iters", float("nan"))
+        out[f"{prefix}{word}CgTol"] = st.get("cg_tol", "none" if st else float("nan"))  # none: all iterations run
         for key, name in (("chi2_sample_median", "Chi"), ("tarp_max_dev", "Tarp"), ("tarp_null_95", "TarpNull"),
                           ("coverage_68", "CovSixtyEight"), ("coverage_95", "CovNinetyFive"),
                           ("coverage_68_galaxy", "CovGalaxy"), ("coverage_68_sky", "CovSky"),
                           ("coverage_target_68", "CovTarget"), ("wall_time_s", "Wall")):
             v = r.get(key)
-            out[f"Cal{word}{name}"] = round(float(v), 3) if v is not None else float("nan")
+            out[f"{prefix}{word}{name}"] = round(float(v), 3) if v is not None else float("nan")
         for mag, b in r.get("by_mag", {}).items():
             m = _WORDS.get(mag, "")
             if m:
-                out[f"Cal{word}Chi{m}"] = round(float(b["chi2_sample_median"]), 2)
-                out[f"Cal{word}Cov{m}"] = round(float(b["coverage_68"]), 3)
-                out[f"Cal{word}Tarp{m}"] = round(float(b.get("tarp_max_dev", float("nan"))), 3)
-                out[f"Cal{word}TarpNull{m}"] = round(float(b.get("tarp_null_95", float("nan"))), 3)
+                out[f"{prefix}{word}Chi{m}"] = round(float(b["chi2_sample_median"]), 2)
+                out[f"{prefix}{word}Cov{m}"] = round(float(b["coverage_68"]), 3)
+                out[f"{prefix}{word}Tarp{m}"] = round(float(b.get("tarp_max_dev", float("nan"))), 3)
+                out[f"{prefix}{word}TarpNull{m}"] = round(float(b.get("tarp_null_95", float("nan"))), 3)
                 z = b.get("tarp_distance_excess", {}).get("all", {}).get("z")
-                out[f"Cal{word}TarpExcessZ{m}"] = round(float(z), 1) if z is not None else float("nan")
+                out[f"{prefix}{word}TarpExcessZ{m}"] = round(float(z), 1) if z is not None else float("nan")
     return out
 
 
