@@ -119,9 +119,9 @@ class Profile:
         mean (``last_draw`` of :func:`diffdecon.mmps.mmps`; the prior's reference chain follows).
         The two together are the sampler that is calibrated where the prior is exact: on a
         Gaussian prior whose data outweigh it (variance ratio 0.98-0.99 against 0.39-0.59 for steps
-        from the mean, ``tests/test_mmps.py``) and on a Gaussian mixture about training galaxies
-        (TARP within its null band, steps from the mean 2.5 times outside it;
-        ``results/calibration_mixture_*.json``, README).
+        from the mean, ``tests/test_mmps.py``), and the nearest to it on a Gaussian mixture about
+        training galaxies (TARP 0.30 over 150 exact draws against a null of 0.22; steps from the
+        mean 0.72 against 0.28 on 60; ``results/calibration_mixture_*.json``, README).
     warm_start : bool
         Each MMPS step's CG solve starts from the previous step's ``x0_post`` instead of from
         ``D`` (``warm_start`` of :func:`diffdecon.mmps.mmps`): the same linear system, solved
