@@ -91,7 +91,7 @@ bench: venv
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 300 --heldout 48
 	# The sampler where its prior is exact (a Gaussian mixture about 1024 training galaxies): the
 	# profile's sampler (steps from draws of p(x0 | x_t, y), the last too) on 50 exact draws per
-	# magnitude, and steps from the mean on 20
+	# magnitude, and steps from the mean on 20 per magnitude
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --truths 150 --output results/calibration_mixture_draw_last.json
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --truths 60 --x0-draw off --last-draw off --output results/calibration_mixture_mean.json
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
