@@ -2,7 +2,7 @@
 """Calibration where the answer is known (simulation-based calibration) -> results/calibration.json.
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
-                                      [--steps S] [--cg-iters K] [--cg-tol T] [--covariance C]
+                                      [--steps S] [--cg-iters K] [--cg-tol T] [--newton N] [--last-newton N] [--covariance C]
                                       [--x0-draw on|off] [--last-draw on|off] [--warm-start on|off] [--mags 18 20 22]
                                       [--variants draw mean]
                                       [--prior network|mixture] [--components 1024] [--s0 0.05]
@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cg-iters", type=int, default=None, help="CG iterations per step (default: the profile's)")
     ap.add_argument("--cg-tol", type=float, default=None,
                     help="CG tolerance (default: the profile's; 0 runs all --cg-iters)")
+    ap.add_argument("--newton", type=int, default=None,
+                    help="Gauss-Newton linearisations of the forward model per MMPS step (default: 1, MMPS's one "
+                         "linearisation at the denoiser's x0)")
+    ap.add_argument("--last-newton", type=int, default=None,
+                    help="Gauss-Newton linearisations in the last MMPS step (default: the profile's last_newton)")
     ap.add_argument("--warm-start", choices=["profile", "on", "off"], default="profile",
                     help="CG of each step from the previous step's x0_post (default: as the profile sets it)")
     ap.add_argument("--x0-draw", choices=["profile", "on", "off"], default="profile",
@@ -102,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     cg_tol = P.cg_tol if args.cg_tol is None else (args.cg_tol or None)
     settings = {"steps": args.steps or st.mmps_steps, "cg_iters": args.cg_iters or st.cg_iters,
                 "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing, "cg_tol": cg_tol,
-                "warm_start": P.warm_start if args.warm_start == "profile" else args.warm_start == "on"}
+                "warm_start": P.warm_start if args.warm_start == "profile" else args.warm_start == "on",
+                "last_newton": P.last_newton if args.last_newton is None else args.last_newton}
+    if args.last_newton is not None and args.last_newton < 1:
+        ap.error(f"--last-newton {args.last_newton}: expected a positive int")
+    if args.newton is not None:
+        if args.newton < 1:
+            ap.error(f"--newton {args.newton}: expected a positive int")
+        settings["newton"] = args.newton
     own = "draw" if P.x0_draw else "mean"
     variants = args.variants or [own]
     reference = mock.hsc_reference()
@@ -119,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{', warm-started from the previous step' if settings['warm_start'] else ''}), step from "
                                    f"{'a draw' if own == 'draw' else 'the mean'} of the Gaussian p(x0 | x_t, y) "
                                    "(the profile's sampler)"
-                                   + (", the last step a draw too" if own == "draw" and P.last_draw else ""),
+                                   + (", the last step a draw too" if own == "draw" and P.last_draw else "")
+                                   + (f", {settings['last_newton']} linearisations of the forward model in the last step"
+                                      if settings["last_newton"] > 1 else ""),
                            f"mmps_x0{'mean' if own == 'draw' else 'draw'}":
                                f"the same, step from {'the mean' if own == 'draw' else 'a draw'} of it"
                                + (", the last step a draw too" if own == "mean" and P.last_draw else "")}}

@@ -36,6 +36,7 @@ def test_unknown_profile_names_accepted_values():
     ("lr_schedule", "step", "constant, cosine"),
     ("shift_start_fraction", 1.5, "a fraction of the run in [0, 1]"),
     ("cg_tol", 1.0, "None or a float in (0, 1)"),
+    ("last_newton", 0, "a positive int (1: MMPS's one linearisation)"),
 ])
 def test_profile_refuses_values_it_does_not_accept(field, value, accepted):
     import dataclasses

@@ -95,6 +95,7 @@ def test_mmps_defaults_carry_the_profiles_solver_settings(smoke_mock):
     kw2 = pb2.mmps_defaults()
     assert (kw2["cg_tol"], kw2["x0_draw"]) == (1e-3, False)
     assert "cg_tol" not in pb.mmps_defaults("tweedie")  # the Jacobian covariance solves without them
+    assert "last_newton" not in pb.mmps_defaults("tweedie") and kw["last_newton"] == P.last_newton == 2
     # last_draw only with steps from draws (mmps refuses it alone)
     alone = dataclasses.replace(pb, profile=dataclasses.replace(P, x0_draw=False, last_draw=True)).mmps_defaults()
     assert "last_draw" not in alone and alone["x0_draw"] is False

@@ -408,6 +408,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     newton: int = 1,
     warm_start: bool = False,
     last_draw: bool = False,
+    last_newton: int | None = None,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -433,7 +434,12 @@ def mmps(  # long by its documented parameters: the body is one loop
     ``x0_post`` instead of from ``D``; the system of the step is unchanged) and ``last_draw``
     (with ``x0_draw``: the last step, at t = 0, returns a draw of ``p(x_0 | x_t, y)`` too, not its
     mean; where the data outweigh the prior at t = 0 the mean pulls every sample to the same
-    data-driven value and the samples come out too narrow).
+    data-driven value and the samples come out too narrow) and ``last_newton`` (diagonal
+    covariances only: the Gauss-Newton linearisations of the last step, default ``newton``). At
+    t = 0 the data outweigh the prior in a bright galaxy's pixels, and a draw fitted to the
+    forward model linearised at ``D`` carries the stretch's curvature into its flux: the mean of
+    ``unstretch`` over the draw's spread exceeds ``unstretch`` of its mean, and the samples'
+    total flux comes out above the data's. A second linearisation at the draw removes it.
 
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
@@ -443,6 +449,9 @@ def mmps(  # long by its documented parameters: the body is one loop
         raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of p(x0 | x_t, y))")
     if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
         raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
+    last_newton = newton if last_newton is None else last_newton
+    if not isinstance(last_newton, int) or last_newton < 1 or (last_newton > 1 and covariance == "tweedie"):
+        raise ValueError(f"last_newton={last_newton!r}: expected None or a positive int (1 with covariance='tweedie')")
     variance = _measured_variance(prior, covariance, variance, progress)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
@@ -452,7 +461,8 @@ def mmps(  # long by its documented parameters: the body is one loop
             # the last step returns the mean, or with last_draw a draw as the others
             g = generator if x0_draw and (a_prev[i] < 1 or last_draw) else None
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
-                                           max_step, variance, linearise, cg_tol, newton,
+                                           max_step, variance, linearise, cg_tol,
+                                           last_newton if i == len(ts) - 1 else newton,
                                            x0_prev if warm_start else None)
             x0_prev = x0_post
         else:

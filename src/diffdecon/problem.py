@@ -117,7 +117,7 @@ class InverseProblem:
         """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
         iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
         for the diagonal covariances its CG tolerance, ``x0_draw`` (with ``last_draw`` when the
-        profile sets both) and ``warm_start``, the Jacobi
+        profile sets both), ``warm_start`` and ``last_newton``, the Jacobi
         preconditioner of the CG solve (:meth:`normal_diagonal`), the trust region of the
         linearised step (:attr:`max_step`) and the closed-form linearisation (:meth:`linearised`)."""
         P = self.profile
@@ -126,7 +126,7 @@ class InverseProblem:
                               "x0_clip": X0_RANGE}
         if covariance != "tweedie":
             kw.update(precond=self.normal_diagonal, max_step=self.max_step, linearise=self.linearised,
-                      cg_tol=P.cg_tol, x0_draw=P.x0_draw, warm_start=P.warm_start)
+                      cg_tol=P.cg_tol, x0_draw=P.x0_draw, warm_start=P.warm_start, last_newton=P.last_newton)
         if P.x0_draw and P.last_draw:
             kw["last_draw"] = True
         return kw
