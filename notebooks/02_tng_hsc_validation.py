@@ -248,8 +248,8 @@ else:
 # The same bench where the prior is exact: a Gaussian mixture about 1024 training galaxies
 # (`diffdecon.mixture_prior`), whose denoiser and draws are exact, so that a miscalibration there
 # is the sampler's own and not the network's. The profile's sampler (steps from draws of
-# p(x0 | x_t, y), the last step too) and, for comparison, steps from the mean of it
-# (`make bench` writes both files).
+# p(x0 | x_t, y), the last step too, with the forward model linearised twice there) and, for
+# comparison, steps from the mean of it (`make bench` writes both files).
 
 # %%
 mixture_cal = {}
