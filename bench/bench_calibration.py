@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.truths < 2 or args.samples < 2 or args.heldout < 0:
         ap.error("--truths and --samples must be >= 2 and --heldout >= 0")
+    for flag, k in (("--newton", args.newton), ("--last-newton", args.last_newton)):
+        if k is not None and k < 1:
+            ap.error(f"{flag} {k}: expected a positive int")
 
     import torch
 
@@ -109,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 "covariance": args.covariance or st.mmps_covariance, "spacing": P.time_spacing, "cg_tol": cg_tol,
                 "warm_start": P.warm_start if args.warm_start == "profile" else args.warm_start == "on",
                 "last_newton": P.last_newton if args.last_newton is None else args.last_newton}
-    if args.last_newton is not None and args.last_newton < 1:
-        ap.error(f"--last-newton {args.last_newton}: expected a positive int")
     if args.newton is not None:
-        if args.newton < 1:
-            ap.error(f"--newton {args.newton}: expected a positive int")
         settings["newton"] = args.newton
     own = "draw" if P.x0_draw else "mean"
     variants = args.variants or [own]

@@ -447,11 +447,10 @@ def mmps(  # long by its documented parameters: the body is one loop
     _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol, warm_start)
     if last_draw and not x0_draw:
         raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of p(x0 | x_t, y))")
-    if not isinstance(newton, int) or newton < 1 or (newton > 1 and covariance == "tweedie"):
-        raise ValueError(f"newton={newton!r}: expected a positive int (1 with covariance='tweedie')")
     last_newton = newton if last_newton is None else last_newton
-    if not isinstance(last_newton, int) or last_newton < 1 or (last_newton > 1 and covariance == "tweedie"):
-        raise ValueError(f"last_newton={last_newton!r}: expected None or a positive int (1 with covariance='tweedie')")
+    for name, k in (("newton", newton), ("last_newton", last_newton)):
+        if not isinstance(k, int) or k < 1 or (k > 1 and covariance == "tweedie"):
+            raise ValueError(f"{name}={k!r}: expected a positive int (1 with covariance='tweedie')")
     variance = _measured_variance(prior, covariance, variance, progress)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
