@@ -2,7 +2,7 @@
 """Calibration where the answer is known (simulation-based calibration) -> results/calibration.json.
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
-                                      [--steps S] [--cg-iters K] [--cg-tol T] [--newton N] [--last-newton N] [--covariance C]
+                                      [--steps S] [--cg-iters K] [--cg-tol T] [--newton N] [--last-newton N] [--covariance C|exact]
                                       [--x0-draw on|off] [--last-draw on|off] [--warm-start on|off] [--mags 18 20 22]
                                       [--variants draw mean]
                                       [--prior network|mixture] [--components 1024] [--s0 0.05]
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) and/or from a draw of it "
                          "(x0_draw=True); default: the profile's. The profile's is recorded as 'mmps', the "
                          "other as 'mmps_x0mean' or 'mmps_x0draw'")
-    ap.add_argument("--covariance", default=None, choices=list(MMPS_COVARIANCES),
-                    help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES)")
+    ap.add_argument("--covariance", default=None, choices=[*MMPS_COVARIANCES, "exact"],
+                    help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES); 'exact' "
+                         "(--prior mixture only): the mixture's own Cov[x0 | x_t], what a diagonal one costs")
     ap.add_argument("--prior", choices=["network", "mixture"], default="network",
                     help="the profile's trained prior (default), or a Gaussian mixture about training galaxies "
                          "whose denoiser is exact (diffdecon.mixture_prior): truths are its exact draws, so a "
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.truths < 2 or args.samples < 2 or args.heldout < 0:
         ap.error("--truths and --samples must be >= 2 and --heldout >= 0")
+    if args.covariance == "exact" and args.prior != "mixture":
+        ap.error("--covariance exact needs --prior mixture (the network has no closed-form covariance)")
     for flag, k in (("--newton", args.newton), ("--last-newton", args.last_newton)):
         if k is not None and k < 1:
             ap.error(f"{flag} {k}: expected a positive int")

@@ -332,3 +332,20 @@ def test_calibration_bench_on_the_exact_mixture_prior(monkeypatch, tmp_path):
     assert runs["mmps"]["settings"]["last_draw"] is False and runs["mmps_x0draw"]["settings"]["last_draw"] is True
     assert rec["samplers"]["mmps_x0draw"].endswith("the last step a draw too")
     assert "heldout" not in rec
+
+
+def test_calibration_bench_with_the_mixtures_exact_covariance(monkeypatch, tmp_path):
+    """``--covariance exact`` runs MMPS with the mixture's own Cov[x0 | x_t] and says so in the
+    record; with the network prior it is refused before anything is loaded."""
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    bench = _load("bench/bench_calibration.py")
+    out = tmp_path / "cal_exact.json"
+    assert bench.main(["--profile", "smoke", "--prior", "mixture", "--components", "4", "--s0", "0.05",
+                       "--truths", "2", "--samples", "2", "--steps", "4", "--cg-iters", "5", "--covariance", "exact",
+                       "--threads", "1", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["prior_draws"]["mmps"]["settings"]["covariance"] == "exact"
+    assert rec["samplers"]["mmps"].startswith("MMPS, exact covariance")
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "smoke", "--covariance", "exact", "--output", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()

@@ -68,6 +68,39 @@ def test_denoiser_error_is_orthogonal_to_what_it_sees():
         assert abs(float(proj.mean())) < 5 * float(proj.std()) / math.sqrt(4000)
 
 
+@pytest.mark.parametrize("step", [300, 900])
+def test_posterior_covariance_is_tweedies_second_moment(step):
+    """Cov[x0 | x_t] = (sigma_t^2 / alpha_t) dD/dx_t (Tweedie's second order, exact for an
+    exact denoiser): diag(c) + B^T B times random directions against the Jacobian-vector
+    products of x0_hat, all K components kept (float64, relative tolerance 1e-8); the
+    components do overlap at these times (the low-rank term is exercised)."""
+    p = _prior(5, 0.1, spread=0.02)
+    a = float(p.abar[step])
+    g = torch.Generator().manual_seed(5)
+    x = (math.sqrt(a) * p.mu[:2].reshape(2, *SHAPE)
+         + math.sqrt(1 - a) * torch.randn(2, *SHAPE, generator=g, dtype=torch.float64))
+    c, B = p.posterior_covariance(x, step, rank=p.K)
+    w = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    _, Jw = torch.autograd.functional.jvp(lambda z: p.x0_hat(z, torch.full((2,), step)), x, w)
+    expected = (1 - a) / math.sqrt(a) * Jw
+    wf = w.reshape(2, -1)
+    Vw = c[:, None] * wf + torch.einsum("nrd,nr->nd", B, torch.einsum("nrd,nd->nr", B, wf))
+    torch.testing.assert_close(Vw.reshape(expected.shape), expected, rtol=1e-8, atol=1e-12)
+    assert float(torch.einsum("nrd,nd->n", B, wf).abs().max()) > 0  # not only the isotropic part
+    assert float(B.abs().max()) > 0.1 * float(c.sqrt().max())
+
+
+def test_posterior_covariance_of_one_component_is_isotropic_and_rank_is_checked():
+    p = _prior(1, 0.2)
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    c, B = p.posterior_covariance(x, 500)
+    a = float(p.abar[500])
+    torch.testing.assert_close(c, torch.full((2,), 0.04 * (1 - a) / (a * 0.04 + 1 - a), dtype=torch.float64))
+    assert B.shape == (2, 1, math.prod(SHAPE)) and float(B.abs().max()) == 0.0
+    with pytest.raises(InputValueError, match="rank"):
+        p.posterior_covariance(x, 500, rank=0)
+
+
 def test_draws_follow_the_mixture():
     p = _prior(3, 0.1)
     x = p.sample(3000, torch.Generator().manual_seed(4)).double().reshape(3000, -1)

@@ -262,6 +262,62 @@ def test_low_rank_covariance_products_are_exact():
                 torch.testing.assert_close(Vi, torch.linalg.inv(V), atol=1e-10, rtol=0)
 
 
+def test_per_sample_low_rank_covariance_products_are_exact():
+    """For V = diag(c) + B^T B per sample (covariance="exact": c (N,), B (N, R, d) rows): S S^T = V,
+    W W^T = V^-1 and the product by V^-1, compared densely (float64, tolerance 1e-10)."""
+    from diffdecon.mmps import _SampleLowRank
+
+    g = torch.Generator().manual_seed(4)
+    shape = (2, 2, 3, 3)
+    d = 18
+    c = 0.05 + torch.rand(2, generator=g, dtype=torch.float64)
+    B = torch.randn(2, 3, d, generator=g, dtype=torch.float64)
+    lr = _SampleLowRank(c, B, torch.zeros(shape, dtype=torch.float64))
+    eye = torch.eye(d, dtype=torch.float64)
+    for n in range(2):
+        def dense(op):  # column k = op(e_k) of sample n
+            cols = []
+            for k in range(d):
+                e = torch.zeros(shape, dtype=torch.float64)
+                e[n].view(-1)[k] = 1.0
+                cols.append(op(e)[n].flatten())
+            return torch.stack(cols, 1)
+
+        V = c[n] * eye + B[n].T @ B[n]
+        S, Wh, Vi = dense(lr.sqrt), dense(lr.inv_half), dense(lr.inv)
+        torch.testing.assert_close(S @ S.T, V, atol=1e-10, rtol=0)
+        torch.testing.assert_close(Wh @ Wh.T, torch.linalg.inv(V), atol=1e-10, rtol=0)
+        torch.testing.assert_close(Vi, torch.linalg.inv(V), atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="posterior_covariance gave B of shape"):
+        _SampleLowRank(c, B[:, :, :5], torch.zeros(shape, dtype=torch.float64))
+
+
+def test_exact_covariance_of_one_gaussian_is_the_isotropic_one(problem):
+    """A one-component mixture is N(mu, s0^2 I): its exact covariance is the isotropic one with
+    v0 = s0^2 and no low-rank term, so MMPS gives the same samples from the same generator
+    (float32, tolerance 1e-5); a prior without a closed-form covariance is refused by name."""
+    from diffdecon.mixture_prior import GalaxyMixturePrior
+    from diffdecon.mmps import mmps_prior
+
+    shape = (3, 32, 32)  # the smoke grid
+    prior = GalaxyMixturePrior(-0.5 + 0.3 * torch.randn(1, *shape, generator=torch.Generator().manual_seed(7),
+                                                        dtype=torch.float64), 0.2, "smoke")
+    y = torch.randn(*shape, generator=torch.Generator().manual_seed(8)) * 0.1
+
+    def forward(x):
+        return 0.5 * x
+
+    runs = [mmps(prior, y, forward, 0.05, torch.Generator().manual_seed(9), 2, steps=4, cg_iters=8, progress=False,
+                 x0_draw=True, **kw) for kw in ({"covariance": "exact"}, {"covariance": "isotropic", "v0": 0.04})]
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
+    gp = problem[0]
+    with pytest.raises(ValueError, match="posterior_covariance"):
+        mmps(gp, problem[2], problem[3], SIGMA_Y, torch.Generator().manual_seed(0), 2, steps=2,
+             covariance="exact", progress=False)
+    with pytest.raises(ValueError, match="diagonal covariance"):
+        mmps_prior(prior, torch.Generator().manual_seed(0), 2, steps=2, covariance="exact", progress=False)
+
+
 def test_prior_chain_without_draws_is_ddim_and_with_draws_matches_mmps_without_data(problem):
     """mmps_prior with x0_draw=False is the ancestral DDIM chain, sample for sample (same
     random stream); with x0_draw=True and the isotropic V_t its draws match, in mean and

@@ -18,6 +18,15 @@ x_t ~ N(sqrt(abar) mu_k, v I) with v = abar s0^2 + 1 - abar, so (Tweedie, exactl
     w_k(x_t)  = softmax_k( -|x_t - sqrt(abar) mu_k|^2 / (2 v) )
     D(x_t)    = E[x0 | x_t] = (1 - abar s0^2 / v) sum_k w_k mu_k + (sqrt(abar) s0^2 / v) x_t
     eps(x_t)  = (x_t - sqrt(abar) D) / sqrt(1 - abar),   score = -eps / sqrt(1 - abar).
+
+and the covariance of p(x0 | x_t), exactly (the law of total covariance over components),
+
+    Cov[x0 | x_t] = s_p^2 I + sum_k w_k d_k d_k^T,   s_p^2 = s0^2 (1 - abar) / v,
+    d_k = (1 - abar s0^2 / v) (mu_k - sum_j w_j mu_j),
+
+which equals Tweedie's second-order (sigma_t^2 / alpha_t) dD/dx_t: the covariance MMPS
+approximates (:meth:`GalaxyMixturePrior.posterior_covariance`, ``covariance="exact"`` of
+:func:`diffdecon.mmps.mmps`).
 """
 
 from __future__ import annotations
@@ -69,6 +78,9 @@ class GalaxyMixturePrior:
         digest = hashlib.sha256(self.mu.numpy().tobytes() + repr(self.s0).encode()).hexdigest()
         self.identity = f"mixture-{digest[:16]}"
         """Names this prior (its centres and s0) in records; not a checkpoint."""
+        self.cov_rank = 32
+        """Components kept in :meth:`posterior_covariance`'s low-rank term by default (the
+        heaviest; the weight the others carry is left out of the covariance, not of the mean)."""
 
     @property
     def K(self) -> int:
@@ -116,6 +128,23 @@ class GalaxyMixturePrior:
         """grad log p_t(x_t) = -eps / sqrt(1 - abar) [1 / prior-space units] (exact)."""
         a = self._a(t, x_t.shape[0]).reshape(-1, 1, 1, 1).to(x_t.dtype).to(x_t.device)
         return -self.eps(x_t, t) / (1 - a).sqrt()
+
+    def posterior_covariance(self, x_t: torch.Tensor, t: int | torch.Tensor, rank: int | None = None):
+        """``Cov[x0 | x_t]`` of the module docstring as ``(c, B)``: ``c`` (B,) its isotropic part
+        ``s_p^2`` and ``B`` (B, R, d) the rows ``sqrt(w_k) d_k`` of its ``R = min(rank, K)``
+        heaviest components (``rank`` default :attr:`cov_rank`), so that
+        ``Cov = diag(c) + B^T B`` [prior-space units^2], exact when ``R = K`` (the centring uses
+        every component). ``t``: an int or an integer tensor (B,). float64, on the CPU."""
+        B = x_t.shape[0]
+        t = torch.full((B,), int(t), dtype=torch.int64) if isinstance(t, int) else t
+        rank = self.cov_rank if rank is None else rank
+        if not isinstance(rank, int) or rank < 1:
+            raise InputValueError("rank", rank, "an integer >= 1 (components in the low-rank term)")
+        x, a, v = self._flat(x_t, t)
+        w = self._weights(x, a, v)
+        w_top, idx = w.topk(min(rank, self.K), dim=1)  # (B, R)
+        d = (1 - a * self.s0**2 / v).unsqueeze(-1) * (self.mu[idx] - (w @ self.mu).unsqueeze(1))  # (B, R, d)
+        return (self.s0**2 * (1 - a) / v).squeeze(1), d * w_top.sqrt().unsqueeze(-1)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` exact draws (n, C, H, W): a component uniformly, then N(mu_k, s0^2 I)."""

@@ -29,6 +29,11 @@ MMPS approximates ``p(x_0 | x_t)`` by a Gaussian ``N(D(x_t), V_t)`` and conditio
   sum of its pixels' variances says. With the offset term alone the data cannot move a
   ring's light as a whole, and at faint magnitudes the samples put too much light in the
   core and too little in the outskirts.
+* ``"exact"``: ``V_t = Cov[x_0 | x_t]`` of a prior that gives it in closed form
+  (``prior.posterior_covariance(x_t, t) -> (c, B)``, ``V_t = diag(c) + B^T B`` per sample,
+  e.g. :class:`diffdecon.mixture_prior.GalaxyMixturePrior`): the moment MMPS matches, without
+  the approximation of a diagonal; for measuring what the other covariances cost, not for a
+  trained network (which has no such covariance).
 * ``"isotropic"`` (the default of :func:`mmps`): ``V_t = c_t I`` with ``c_t = sigma_t^2 v0 / (alpha_t^2 v0 +
   sigma_t^2)``, the Tweedie covariance of a ``N(mu, v0 I)`` prior (``v0 = 1`` by default: the
   images span about [-1, 2]); it tends to ``sigma_t^2 / alpha_t^2``, the limit of every prior,
@@ -64,8 +69,10 @@ from .samplers import (Generator, _alphas_cumprod, _bdot, _clip, _ddim_step, _po
 
 __all__ = ["COVARIANCES", "mmps", "mmps_prior", "mmps_x0", "mmps_isotropic_x0"]
 
-COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES
-"""Accepted values of the ``covariance`` argument of :func:`mmps` (:data:`diffdecon.config.MMPS_COVARIANCES`)."""
+COVARIANCES: tuple[str, ...] = MMPS_COVARIANCES + ("exact",)
+"""Accepted values of the ``covariance`` argument of :func:`mmps`: those of a profile
+(:data:`diffdecon.config.MMPS_COVARIANCES`) and ``"exact"`` (a prior with a closed-form
+``posterior_covariance``)."""
 MEASURED: tuple[str, ...] = ("empirical", "annuli")
 """The covariances measured from the denoiser's errors (:mod:`diffdecon.denoiser_variance`)."""
 DIAGONAL_FLOOR: float = 0.5
@@ -144,6 +151,13 @@ def _diagonal_variance(a: float, v0: float, variance, D: torch.Tensor, t: int):
     return c, lowrank_at
 
 
+def _g_power(w: torch.Tensor, p: float) -> torch.Tensor:
+    """``g_p(w) = ((1 + w)^p - 1) / w`` (``p`` at ``w = 0``), the eigenvalue function of
+    :class:`_LowRank`."""
+    small = w < 1e-12
+    return torch.where(small, torch.full_like(w, p), torch.expm1(p * torch.log1p(w)) / torch.where(small, torch.ones_like(w), w))
+
+
 class _LowRank:
     """``V_t = diag(c) + G Lambda G^T`` per band and sample, ``G`` (K, H, W) images (columns of
     a P x K matrix) and ``Lambda`` (C, K, K) symmetric positive semi-definite (the annulus
@@ -171,9 +185,7 @@ class _LowRank:
     def _op(self, xi: torch.Tensor, p: float) -> torch.Tensor:
         """``(I + U U^T)^p xi`` (:class:`_LowRank`)."""
         rc = self.c.rsqrt()
-        small = self.w < 1e-12
-        g = torch.where(small, torch.full_like(self.w, p),
-                        torch.expm1(p * torch.log1p(self.w)) / torch.where(small, torch.ones_like(self.w), self.w))
+        g = _g_power(self.w, p)
         ut = torch.einsum("cjhw,nchw->ncj", self.B, xi * rc)  # U^T xi
         z = torch.einsum("ncij,ncj->nci", self.R, g * torch.einsum("ncji,ncj->nci", self.R, ut))
         return xi + torch.einsum("cjhw,ncj->nchw", self.B, z) * rc
@@ -187,6 +199,30 @@ class _LowRank:
 
     def sqrt(self, xi):  # S xi, S S^T = V: c^1/2 (I + U U^T)^1/2 xi
         return self.c.sqrt() * self._op(xi, 0.5)
+
+
+class _SampleLowRank(_LowRank):
+    """``V = diag(c) + B^T B`` per sample, ``c`` (N,) and ``B`` (N, R, d) rows (the
+    ``posterior_covariance`` of a prior, ``covariance="exact"``): with ``U = c^-1/2 B^T``
+    (d x R) the algebra of :class:`_LowRank`, ``(I + U U^T)^p = I + U Q g_p(w) Q^T U^T``,
+    ``U^T U = Q diag(w) Q^T`` (R x R per sample); ``c`` is kept as (N, 1, 1, 1)."""
+
+    def __init__(self, c, B: torch.Tensor, D: torch.Tensor):  # U per sample, not per band
+        c64 = torch.as_tensor(c, dtype=torch.float64).reshape(-1)
+        U = torch.as_tensor(B, dtype=torch.float64) / c64.sqrt().reshape(-1, 1, 1)  # (N, R, d): rows of U^T
+        if U.shape[0] != D.shape[0] or U.shape[2] != D[0].numel():
+            raise ValueError(f"posterior_covariance gave B of shape {tuple(U.shape)}; expected "
+                             f"({D.shape[0]}, R, {D[0].numel()}) for samples of shape {tuple(D.shape)}")
+        w, Q = torch.linalg.eigh(U @ U.transpose(1, 2))
+        self.w, self.Q, self.U = (m.to(D.dtype).to(D.device) for m in (w.clamp_min(0.0), Q, U))
+        self.c = c64.to(D.dtype).to(D.device).reshape(-1, 1, 1, 1)
+
+    def _op(self, xi: torch.Tensor, p: float) -> torch.Tensor:
+        """``(I + U U^T)^p xi``."""
+        flat = xi.reshape(xi.shape[0], -1)
+        ut = torch.einsum("nrd,nd->nr", self.U, flat)  # U^T xi
+        z = torch.einsum("nij,nj->ni", self.Q, _g_power(self.w, p) * torch.einsum("nji,nj->ni", self.Q, ut))
+        return (flat + torch.einsum("nrd,nr->nd", self.U, z)).reshape(xi.shape)
 
 
 def _lowrank_terms(c, lowrank_at, t: int, D: torch.Tensor) -> _LowRank | None:
@@ -222,7 +258,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
                       generator: Generator | None = None, v0: float = 1.0, max_step: float | None = None,
                       variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                       linearise: Callable[[torch.Tensor], tuple] | None = None, cg_tol: float | None = None,
-                      newton: int = 1, init: torch.Tensor | None = None):
+                      newton: int = 1, init: torch.Tensor | None = None,
+                      exact_cov: Callable[[torch.Tensor, int], tuple] | None = None):
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
     :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
@@ -267,6 +304,10 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     linearisation starts from ``init - D`` instead of 0), e.g. the previous step's ``x0_post``
     (``warm_start`` of :func:`mmps`). The system is the same; only the iterations' starting point
     moves, so a converged solve does not depend on it.
+
+    ``exact_cov``: a callable ``(x_t, t) -> (c, B)`` giving ``V_t = diag(c) + B^T B`` per sample
+    (``posterior_covariance`` of a prior, :class:`_SampleLowRank`); it replaces ``v0`` and
+    ``variance``.
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
@@ -274,9 +315,13 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
         raise ValueError(f"newton={newton!r}: expected a positive int")
     with torch.no_grad():
         D = _clip(prior.x0_hat(x_t.detach(), _time_batch(t, x_t.shape[0], x_t.device)), x0_clip)
-        c, lowrank_at = _diagonal_variance(float(_alphas_cumprod(prior)[t]), v0, variance, D, t)
+        if exact_cov is None:
+            c, lowrank_at = _diagonal_variance(float(_alphas_cumprod(prior)[t]), v0, variance, D, t)
+            v_inv, v_inv_half = _inverse_covariance(c, lowrank_at, t, D)
+        else:
+            exact = _SampleLowRank(*exact_cov(x_t.detach(), t), D)
+            c, v_inv, v_inv_half = exact.c, exact.inv, exact.inv_half
     s2 = sigma_y**2
-    v_inv, v_inv_half = _inverse_covariance(c, lowrank_at, t, D)
     y_pert, prior_pert = y, None
     x = D
     for k in range(newton):
@@ -362,6 +407,18 @@ def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=
         raise ValueError(f"variance is used by covariance='empirical' or 'annuli' only, got covariance={covariance!r}")
 
 
+def _exact_covariance(prior, covariance: str):
+    """``prior.posterior_covariance`` for ``covariance="exact"`` (refused for a prior without
+    one), None otherwise."""
+    if covariance != "exact":
+        return None
+    if not callable(getattr(prior, "posterior_covariance", None)):
+        raise ValueError(f"covariance='exact' needs a prior with a closed-form posterior_covariance(x_t, t) "
+                         f"(e.g. diffdecon.mixture_prior.GalaxyMixturePrior); {type(prior).__name__} has none: "
+                         f"use one of {', '.join(MMPS_COVARIANCES)}")
+    return prior.posterior_covariance
+
+
 def _measured_variance(prior, covariance: str, variance, progress: bool):
     """The ``variance`` of a measured ``covariance`` (:data:`MEASURED`): ``variance`` or the
     prior's table (:func:`diffdecon.denoiser_variance.of_prior`), without its annulus term for
@@ -419,7 +476,8 @@ def mmps(  # long by its documented parameters: the body is one loop
     Parameters are those of :func:`diffdecon.samplers.dps` (``y`` and ``sigma_y`` in
     observation flux units, ``forward`` from prior space to observation flux), plus
     ``cg_iters`` CG iterations per step, ``eta`` in [0, 1], ``x0_clip`` (None, c or
-    (lo, hi), prior space), ``covariance`` in :data:`COVARIANCES` (module docstring),
+    (lo, hi), prior space), ``covariance`` in :data:`COVARIANCES` (module docstring; below,
+    "diagonal covariances" are all but ``"tweedie"``, ``"exact"`` included),
     ``precond``, ``max_step`` and ``x0_draw`` (diagonal covariances only, see
     :func:`mmps_isotropic_x0`: with ``x0_draw`` the step starts from a draw of the Gaussian
     ``p(x_0 | x_t, y)``, otherwise from its mean, which under-disperses the samples on a
@@ -452,6 +510,7 @@ def mmps(  # long by its documented parameters: the body is one loop
         if not isinstance(k, int) or k < 1 or (k > 1 and covariance == "tweedie"):
             raise ValueError(f"{name}={k!r}: expected a positive int (1 with covariance='tweedie')")
     variance = _measured_variance(prior, covariance, variance, progress)
+    exact_cov = _exact_covariance(prior, covariance)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
     x0_prev = None
@@ -462,7 +521,7 @@ def mmps(  # long by its documented parameters: the body is one loop
             x0_post, _ = mmps_isotropic_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip, precond, g, v0,
                                            max_step, variance, linearise, cg_tol,
                                            last_newton if i == len(ts) - 1 else newton,
-                                           x0_prev if warm_start else None)
+                                           x0_prev if warm_start else None, exact_cov)
             x0_prev = x0_post
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
@@ -503,9 +562,10 @@ def mmps_prior(  # the loop of mmps without data
     """
     if last_draw and not x0_draw:
         raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of N(D, V_t))")
-    if covariance not in COVARIANCES or covariance == "tweedie":  # a diagonal-plus-low-rank covariance
+    if covariance not in COVARIANCES or covariance in ("tweedie", "exact"):  # a diagonal-plus-low-rank covariance
         raise ValueError(f"covariance={covariance!r}: expected one of "
-                         f"{', '.join(c for c in COVARIANCES if c != 'tweedie')} (a diagonal covariance)")
+                         f"{', '.join(c for c in COVARIANCES if c not in ('tweedie', 'exact'))} "
+                         "(a diagonal covariance; a prior with an exact one draws exactly)")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     if not 0.0 <= eta <= 1.0:
