@@ -95,6 +95,13 @@ bench: venv
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --truths 150 --output results/calibration_mixture_draw_last.json
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --truths 60 --x0-draw off --last-draw off \
 		--last-newton 1 --output results/calibration_mixture_mean.json
+	# What the diagonal covariance costs where the prior is exact: the profile's sampler with the
+	# mixture's own Cov[x0 | x_t] (--covariance exact) against it on the same exact draws
+	for spec in "18 40" "20 60" "22 40"; do set -- $$spec; \
+	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags $$1 --truths $$2 \
+	    --output results/calibration_mixture_i$$1.json || exit 1; \
+	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags $$1 --truths $$2 --covariance exact \
+	    --output results/calibration_mixture_exact_i$$1.json || exit 1; done
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
