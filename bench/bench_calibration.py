@@ -2,7 +2,8 @@
 """Calibration where the answer is known (simulation-based calibration) -> results/calibration.json.
 
     python bench/bench_calibration.py [--profile quick] [--truths 100] [--heldout 32] [--samples 4]
-                                      [--steps S] [--cg-iters K] [--cg-tol T] [--newton N] [--last-newton N] [--covariance C|exact]
+                                      [--steps S] [--cg-iters K] [--cg-tol T] [--newton N] [--last-newton N]
+                                      [--covariance C|jacobian|exact] [--jacobian-rank 16] [--jacobian-min-t 500]
                                       [--x0-draw on|off] [--last-draw on|off] [--warm-start on|off] [--mags 18 20 22]
                                       [--variants draw mean]
                                       [--prior network|mixture] [--components 1024] [--s0 0.05]
@@ -59,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="MMPS steps from the mean of the Gaussian p(x0 | x_t, y) and/or from a draw of it "
                          "(x0_draw=True); default: the profile's. The profile's is recorded as 'mmps', the "
                          "other as 'mmps_x0mean' or 'mmps_x0draw'")
-    ap.add_argument("--covariance", default=None, choices=[*MMPS_COVARIANCES, "exact"],
-                    help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES); 'exact' "
-                         "(--prior mixture only): the mixture's own Cov[x0 | x_t], what a diagonal one costs")
+    ap.add_argument("--covariance", default=None, choices=[*MMPS_COVARIANCES, "jacobian", "exact"],
+                    help="MMPS covariance (default: the profile's; diffdecon.config.MMPS_COVARIANCES); 'jacobian': "
+                         "the empirical one plus a low-rank term from the denoiser's Jacobian at the high-noise "
+                         "steps (diffdecon.mmps.jacobian_lowrank); 'exact' (--prior mixture only): the mixture's "
+                         "own Cov[x0 | x_t], what a diagonal one costs")
+    ap.add_argument("--jacobian-rank", type=int, default=16, help="rank of the Jacobian term (--covariance jacobian)")
+    ap.add_argument("--jacobian-min-t", type=int, default=500,
+                    help="smallest diffusion time given the Jacobian term (--covariance jacobian)")
     ap.add_argument("--prior", choices=["network", "mixture"], default="network",
                     help="the profile's trained prior (default), or a Gaussian mixture about training galaxies "
                          "whose denoiser is exact (diffdecon.mixture_prior): truths are its exact draws, so a "
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--truths and --samples must be >= 2 and --heldout >= 0")
     if args.covariance == "exact" and args.prior != "mixture":
         ap.error("--covariance exact needs --prior mixture (the network has no closed-form covariance)")
+    if args.jacobian_rank < 1 or args.jacobian_min_t < 0:
+        ap.error(f"--jacobian-rank {args.jacobian_rank} --jacobian-min-t {args.jacobian_min_t}: expected a rank >= 1 "
+                 "and a diffusion time >= 0")
     for flag, k in (("--newton", args.newton), ("--last-newton", args.last_newton)):
         if k is not None and k < 1:
             ap.error(f"{flag} {k}: expected a positive int")
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 "last_newton": P.last_newton if args.last_newton is None else args.last_newton}
     if args.newton is not None:
         settings["newton"] = args.newton
+    if settings["covariance"] == "jacobian":
+        settings.update(jacobian_rank=args.jacobian_rank, jacobian_min_t=args.jacobian_min_t)
     own = "draw" if P.x0_draw else "mean"
     variants = args.variants or [own]
     reference = mock.hsc_reference()
@@ -128,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
               "torch_threads": args.threads, "checkpoint_sha256": prior_id,
               "prior": ("the trained network" if args.prior == "network" else
                         f"Gaussian mixture, {args.components} training galaxies, s0 = {args.s0:g} (exact denoiser)"),
-              "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance, {P.time_spacing} time spacing, "
+              "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance"
+                                   + (f" (rank {args.jacobian_rank} at t >= {args.jacobian_min_t})"
+                                      if settings["covariance"] == "jacobian" else "")
+                                   + f", {P.time_spacing} time spacing, "
                                    f"{settings['cg_iters']} CG at most (tolerance {cg_tol}"
                                    f"{', warm-started from the previous step' if settings['warm_start'] else ''}), step from "
                                    f"{'a draw' if own == 'draw' else 'the mean'} of the Gaussian p(x0 | x_t, y) "

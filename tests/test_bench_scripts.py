@@ -349,3 +349,23 @@ def test_calibration_bench_with_the_mixtures_exact_covariance(monkeypatch, tmp_p
     with pytest.raises(SystemExit):
         bench.main(["--profile", "smoke", "--covariance", "exact", "--output", str(tmp_path / "no.json")])
     assert not (tmp_path / "no.json").exists()
+
+
+def test_calibration_bench_with_the_jacobian_covariance(monkeypatch, tmp_path):
+    """``--covariance jacobian`` runs MMPS with the Jacobian's low-rank term at the rank and
+    times given and records them; a rank below 1 is refused before anything is written."""
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    bench = _load("bench/bench_calibration.py")
+    out = tmp_path / "cal_jac.json"
+    assert bench.main(["--profile", "smoke", "--prior", "mixture", "--components", "4", "--s0", "0.05",
+                       "--truths", "2", "--samples", "2", "--steps", "4", "--cg-iters", "5",
+                       "--covariance", "jacobian", "--jacobian-rank", "3", "--jacobian-min-t", "0",
+                       "--threads", "1", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    settings = rec["prior_draws"]["mmps"]["settings"]
+    assert (settings["covariance"], settings["jacobian_rank"], settings["jacobian_min_t"]) == ("jacobian", 3, 0)
+    assert rec["samplers"]["mmps"].startswith("MMPS, jacobian covariance (rank 3 at t >= 0)")
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "smoke", "--prior", "mixture", "--covariance", "jacobian", "--jacobian-rank", "0",
+                    "--output", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()

@@ -80,7 +80,7 @@ def test_mmps_empirical_is_exact_for_a_white_gaussian_prior():
     # 64 pixels by ~2 % (measured 1.00); the mean error in posterior std units by 1/16 (0.05).
     assert 0.85 < err["var_ratio"] < 1.15
     assert err["mean_err_rms"] < 0.15
-    with pytest.raises(ValueError, match="variance is used by covariance='empirical' or 'annuli' only"):
+    with pytest.raises(ValueError, match="variance is used by covariance 'empirical', 'annuli', 'jacobian' only"):
         samplers.mmps(prior, y, forward, sigma_y, torch.Generator(), 2, steps=3, variance=dv, progress=False)
 
 
