@@ -102,6 +102,16 @@ bench: venv
 	    --output results/calibration_mixture_i$$1.json || exit 1; \
 	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags $$1 --truths $$2 --covariance exact \
 	    --output results/calibration_mixture_exact_i$$1.json || exit 1; done
+	# A low-rank covariance from the denoiser's Jacobian (--covariance jacobian) at i = 22: on the
+	# mixture's same 40 exact draws, and on the network's 30 chain draws against its default there
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags 22 --truths 40 --covariance jacobian \
+		--output results/calibration_mixture_jacobian_i22.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags 22 --truths 40 --covariance jacobian \
+		--jacobian-min-t 0 --output results/calibration_mixture_jacobian_t0_i22.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 \
+		--output results/calibration_i22.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 --covariance jacobian \
+		--output results/calibration_jacobian_i22.json
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
