@@ -112,6 +112,8 @@ bench: venv
 		--output results/calibration_i22.json
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 --covariance jacobian \
 		--output results/calibration_jacobian_i22.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 --covariance jacobian \
+		--jacobian-rank 8 --output results/calibration_jacobian8_i22.json
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
