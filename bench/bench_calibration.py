@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--components", type=int, default=1024, help="mixture components (--prior mixture)")
     ap.add_argument("--s0", type=float, default=0.05,
                     help="standard deviation of each mixture component [prior-space units] (--prior mixture)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a folder exported by scripts/train.py (ema_weights.pt, config.json; its UNet may differ "
+                         "from the profile's, e.g. a --candidate run); default the committed models/<profile>/")
+    ap.add_argument("--device", default="cpu", help="torch device of the network and the sampler (default cpu)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/calibration.json (smoke: results/calibration_smoke.json)")
     args = ap.parse_args(argv)
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--truths and --samples must be >= 2 and --heldout >= 0")
     if args.covariance == "exact" and args.prior != "mixture":
         ap.error("--covariance exact needs --prior mixture (the network has no closed-form covariance)")
+    if args.checkpoint is not None and args.prior != "network":
+        ap.error("--checkpoint needs --prior network (the mixture is built from the training set)")
     if args.jacobian_rank < 1 or args.jacobian_min_t < 0:
         ap.error(f"--jacobian-rank {args.jacobian_rank} --jacobian-min-t {args.jacobian_min_t}: expected a rank >= 1 "
                  "and a diffusion time >= 0")
@@ -105,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"--heldout {args.heldout} ignored")
         args.heldout = 0
     else:
-        prior = prior_mod.load_prior(args.profile)
-        prior.eval().requires_grad_(False)
+        prior = (prior_mod.load_candidate(args.profile, args.checkpoint, args.device) if args.checkpoint
+             else prior_mod.load_prior(args.profile, map_location=args.device))
+        prior.to(args.device).eval().requires_grad_(False)
         prior_id = prior.checkpoint_sha256
     st = validation.sampler_settings(args.profile)
     P = config.get_profile(args.profile)
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         default = default.replace("calibration", "calibration_mixture")
     out = Path(args.output) if args.output else paths.RESULTS / default
     record = {"profile": args.profile, "sampler": "mmps", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "torch_threads": args.threads, "checkpoint_sha256": prior_id,
+              "torch_threads": args.threads, "device": args.device, "checkpoint_sha256": prior_id,
               "prior": ("the trained network" if args.prior == "network" else
                         f"Gaussian mixture, {args.components} training galaxies, s0 = {args.s0:g} (exact denoiser)"),
               "samplers": {"mmps": f"MMPS, {settings['covariance']} covariance"

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--times", type=int, nargs="+", default=[3, 11, 25, 100],
                     help="diffusion times to renoise to (the nearest of the profile's grid)")
     ap.add_argument("--fine-steps", type=int, default=100, help="steps of the finer grid at t ~ 25 (0 skips it)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a folder exported by scripts/train.py (ema_weights.pt, config.json; its UNet may differ "
+                         "from the profile's, e.g. a --candidate run); default the committed models/<profile>/")
+    ap.add_argument("--device", default="cpu", help="torch device of the network (default cpu)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/prior_drift.json (other profiles: _<profile>)")
     args = ap.parse_args(argv)
@@ -47,18 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     from diffdecon.cache import atomic_write_text
     from diffdecon.prior import unstretch
 
-    prior = prior_mod.load_prior(args.profile)
-    prior.eval().requires_grad_(False)
+    prior = (prior_mod.load_candidate(args.profile, args.checkpoint, args.device) if args.checkpoint
+             else prior_mod.load_prior(args.profile, map_location=args.device))
+    prior.to(args.device).eval().requires_grad_(False)
     P = prior.profile
     out = Path(args.output) if args.output else paths.RESULTS / (
         "prior_drift.json" if args.profile == "quick" else f"prior_drift_{args.profile}.json")
     record = {"profile": args.profile, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "torch_threads": args.threads,
-              "checkpoint_sha256": prior.checkpoint_sha256, "chain": f"{P.sampling_steps} {P.time_spacing} steps, eta 1",
+              "device": args.device, "checkpoint_sha256": prior.checkpoint_sha256,
+              "chain": f"{P.sampling_steps} {P.time_spacing} steps, eta 1",
               "flux_units": "normalised flux (prior.unstretch), summed over bands and annulus pixels",
               "runs": [], "mean_error": []}
     t_all = time.perf_counter()
     for kind in ("prior_draws", "heldout"):
-        x0 = sbc.truth_images(prior, kind, args.images, seed=1)
+        x0 = sbc.truth_images(prior, kind, args.images, seed=1).to(args.device)
         for t in args.times:
             m = stationarity.denoiser_mean_error(prior, x0, t, torch.Generator().manual_seed(5),
                                                  to_flux=lambda x: unstretch(x, P.asinh_a))

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# One GPU call (~9.5 minutes on an H100/H200): a candidate quick prior and the paper-scale
-# posterior sampler measured against the GPU's peak.
+# One GPU call (~9.5 minutes on an H100/H200): a candidate quick prior, its chain's drift and
+# calibration against the committed prior's, and the paper-scale posterior sampler measured
+# against the GPU's peak.
 #
 #   scripts/gpu_run.sh prepare          here, once: pruned wheels of what the GPU image lacks
 #                                       (galsim, LSSTDESC.Coord, astropy, pyerfa, astropy-iers-data,
-#                                       diffusers) -> .whl/gpu_site.tar.xz (ignored by git; carry it)
-#   scripts/gpu_run.sh [run]            on the GPU machine (the device tool: carry [".whl"])
+#                                       diffusers, tarp, deprecation) -> .whl/gpu_site.tar.xz (ignored by git; carry it)
+#   scripts/gpu_run.sh [run]            on the GPU machine (the device tool: carry [".whl"] and, for
+#                                       the calibration's real PSFs and noise, the HSC target folder
+#                                       under $DIFFDECON_DATA, e.g. "data/external/hsc_pdr3_cosmos")
 #   scripts/gpu_run.sh run --profile smoke   the same chain on the CPU with tiny models (a minute or two)
 #
 # Steps of `run`:
@@ -15,6 +18,11 @@
 #      profile (scripts/train.py --candidate) into build/gpu_run/quick_candidate/, never
 #      models/quick/; its EMA snapshots at the FID steps (4/7, 5/7, 6/7 of the run) and the final
 #      EMA are exported there, and the folder comes back as quick_candidate.tar.part-* (< 16 MB each);
+#   2b. on the same machine, bench/bench_prior_drift.py for the committed prior and the candidate
+#      (the chain's drift under its own noising, results/prior_drift.json's measure) and
+#      bench/bench_calibration.py for the candidate on its own draws at i = 22 (GPU_RUN_CAL_TRUTHS,
+#      default 100), 20 and 18 (half as many) and on 48 held-out galaxies, each run bounded by the
+#      time left before the benchmark's share (GPU_RUN_BENCH_S, 75 s): *_gpu.json, packed into eval_gpu.tar;
 #   3. bench/bench_paper_sampler.py times MMPS and DPS steps of the paper profile (256 px, the
 #      354 M-parameter UNet, sampler settings of validation.sampler_settings("paper")) for what is
 #      left of the time budget: batch sizes up to the memory, bf16 autocast and float32,
@@ -46,7 +54,7 @@
 #   bound: results/bench_training_gpu.json), so a batch of 512 costs little more per step than
 #   256: the candidate sees about twice the images per second. The number of steps is not
 #   fixed here: a 30-step probe measures the step time and the run gets the steps that fit in
-#   GPU_RUN_TRAIN_S (270 s), a multiple of 7 so the FID snapshots fall on whole steps. Learning
+#   GPU_RUN_TRAIN_S (240 s), a multiple of 7 so the FID snapshots fall on whole steps. Learning
 #   rate 3e-4 with 100 warm-up steps and cosine decay, shifts from the start, v prediction and
 #   EMA as the committed run (the profile's fields), so the comparison isolates width and data seen.
 set -euo pipefail
@@ -75,7 +83,7 @@ prepare() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$tmp/wheels" \
-    galsim==2.8.5 LSSTDESC.Coord==1.3.1 astropy==8.0.2 pyerfa astropy-iers-data diffusers==0.42.1
+    galsim==2.8.5 LSSTDESC.Coord==1.3.1 astropy==8.0.2 pyerfa astropy-iers-data diffusers==0.42.1 tarp==0.1.1 deprecation==2.1.0
   mkdir -p "$tmp/site"
   for w in "$tmp"/wheels/*.whl; do python3 -m zipfile -e "$w" "$tmp/site"; done
   (cd "$tmp/site" && find . -mindepth 2 -type d -name tests -not -path './astropy/tests' -prune -exec rm -rf {} + \
@@ -99,12 +107,14 @@ if [[ $PROFILE == smoke ]]; then
   LAYERS=${GPU_RUN_LAYERS:-1}; BATCH=${GPU_RUN_BATCH:-16}; LR=${GPU_RUN_LR:-1e-4}; PROBE=9; THREADS=1
   BENCH_ARGS=(--profile smoke --device cpu --timed-steps 1 --precisions fp32 bf16 --other-batch-sizes 1)
   BENCH_JSON=bench_sampling_smoke_cpu.json
+  BENCH_S=${GPU_RUN_BENCH_S:-40}; DRIFT_IMAGES=4; CAL_TRUTHS=2; CAL_HELDOUT=3
 else
   OUTDIR=${OUT:-results}; DEVICE=cuda; BASE=quick
-  TOTAL_S=${GPU_RUN_TOTAL_S:-560}; TRAIN_S=${GPU_RUN_TRAIN_S:-270}; CHANNELS=${GPU_RUN_CHANNELS:-"32 64 128 160"}
+  TOTAL_S=${GPU_RUN_TOTAL_S:-575}; TRAIN_S=${GPU_RUN_TRAIN_S:-240}; CHANNELS=${GPU_RUN_CHANNELS:-"32 64 128 160"}
   LAYERS=${GPU_RUN_LAYERS:-1}; BATCH=${GPU_RUN_BATCH:-512}; LR=${GPU_RUN_LR:-3e-4}; PROBE=30; THREADS=8
   BENCH_ARGS=(--profile paper --device cuda --compile --compile-reserve-s "${GPU_RUN_COMPILE_RESERVE_S:-120}")
   BENCH_JSON=bench_sampling_gpu.json
+  BENCH_S=${GPU_RUN_BENCH_S:-75}; DRIFT_IMAGES=100; CAL_TRUTHS=${GPU_RUN_CAL_TRUTHS:-100}; CAL_HELDOUT=48
 fi
 PEAK=${GPU_RUN_PEAK_TFLOPS:-989}
 export DIFFDECON_CACHE=${DIFFDECON_CACHE:-$ROOT/build/gpu_run/cache}
@@ -150,6 +160,40 @@ if [[ -f $CAND/ema_weights.pt ]]; then
   if (( $(du -cb "$OUTDIR"/*.tar.part-* | tail -1 | cut -f1) > 62000000 )); then
     echo "[gpu_run] WARNING: the candidate parts exceed 62 MB: the device tool returns at most 64 MiB from \$OUT"
   fi
+fi
+
+# 2b. the candidate against the committed prior on this machine (issue 10's measures): the chain's
+#     drift under its own noising for both (bench_prior_drift), then calibration of the candidate
+#     on its own draws at i = 22, 20, 18 (one run per magnitude, so a timeout loses one) and on
+#     held-out galaxies; each run bounded by what is left before the sampler benchmark's share
+left_s() { echo $(( TOTAL_S - BENCH_S - ($(date +%s) - T0) )); }
+bounded() {  # bounded NAME CMD...: run CMD with the time left (at least 20 s), report a failure
+  local name=$1; shift
+  local lim; lim=$(left_s)
+  if (( lim < 20 )); then echo "[gpu_run] $name skipped: ${lim} s left"; return 0; fi
+  local t=$(date +%s)
+  timeout "$lim" "$@" || echo "[gpu_run] $name FAILED or stopped at ${lim} s (rc $?)"
+  echo "[gpu_run] $name took $(( $(date +%s) - t )) s"
+}
+EVAL=$OUTDIR/eval  # packed into one file afterwards: the device tool returns at most 8 files
+if [[ -f $CAND/ema_weights.pt ]]; then
+  T3=$(date +%s); mkdir -p "$EVAL"
+  for who in committed candidate; do
+    ck=(); [[ $who == candidate ]] && ck=(--checkpoint "$CAND")
+    bounded "drift ($who)" "$PY" bench/bench_prior_drift.py --profile "$BASE" "${ck[@]}" --device "$DEVICE" \
+      --images "$DRIFT_IMAGES" --threads "$THREADS" --output "$EVAL/prior_drift_${who}_gpu.json"
+  done
+  for mag in 22 20 18; do  # i = 22 first, with the most truths: the magnitude the committed prior fails at
+    n=$CAL_TRUTHS; [[ $mag != 22 ]] && n=$(( CAL_TRUTHS > 3 ? (CAL_TRUTHS + 1) / 2 : 2 ))
+    bounded "calibration i = $mag" "$PY" bench/bench_calibration.py --profile "$BASE" --checkpoint "$CAND" \
+      --device "$DEVICE" --truths "$n" --heldout 0 --mags "$mag" --threads "$THREADS" \
+      --output "$EVAL/calibration_candidate_i${mag}_gpu.json"
+  done
+  bounded "calibration held out" "$PY" bench/bench_calibration.py --profile "$BASE" --checkpoint "$CAND" \
+    --device "$DEVICE" --truths 2 --heldout "$CAL_HELDOUT" --mags 18 20 22 --threads "$THREADS" \
+    --output "$EVAL/calibration_candidate_heldout_gpu.json"
+  echo "[gpu_run] candidate evaluation took $(( $(date +%s) - T3 )) s"
+  tar -cf "$OUTDIR/eval_gpu.tar" -C "$OUTDIR" eval && rm -rf "$EVAL" && tar -tvf "$OUTDIR/eval_gpu.tar"
 fi
 
 # 3. paper-scale sampler benchmark with what is left of the budget

@@ -375,6 +375,44 @@ def load_prior(profile: Profile | str, checkpoint: str | Path | None = None,
     return prior
 
 
+ARCHITECTURE_FIELDS = ("block_out_channels", "layers_per_block", "attention_resolutions")
+"""Fields of a profile that shape the UNet alone (not its data, schedule or normalisation):
+the ones a candidate prior (``scripts/train.py --candidate``) may change."""
+
+
+def load_candidate(profile: Profile | str, folder: str | Path,
+                   map_location: str | torch.device = "cpu") -> DiffusionPrior:
+    """The prior exported to ``folder`` by ``scripts/train.py --candidate`` (or any exported
+    checkpoint folder), built with the UNet of its ``config.json``: ``profile`` with the
+    :data:`ARCHITECTURE_FIELDS` of that record, everything else (image size, bands, schedule,
+    stretch, pixel scale) checked against ``profile`` as :func:`load_prior` does. The prior's
+    ``profile`` is that replaced profile (same name, so the same training set and caches keyed
+    by the weights' SHA-256).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``folder/config.json`` is missing (a bare weights file: use :func:`load_prior`).
+    ValueError
+        The record was made for another image size, bands, schedule or normalisation.
+    """
+    import dataclasses
+    import json
+
+    profile = get_profile(profile)
+    record_path = Path(folder) / "config.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path} does not exist: load_candidate takes a folder exported by "
+                                "scripts/train.py (ema_weights.pt and config.json); for a bare weights file "
+                                "use load_prior(profile, checkpoint=...)")
+    record = json.loads(record_path.read_text()).get("config") or {}
+    arch = {k: (tuple(record[k]) if isinstance(record[k], list) else record[k])
+            for k in ARCHITECTURE_FIELDS if k in record}
+    P = dataclasses.replace(profile, **arch)
+    _check_profile_record(record, P, record_path)
+    return load_prior(P, folder, map_location=map_location)
+
+
 NETWORK_FIELDS = ("image_size", "block_out_channels", "layers_per_block", "attention_resolutions",
                   "diffusion_steps", "bands", "asinh_a", "pixel_scale_kpc")
 

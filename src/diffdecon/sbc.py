@@ -183,7 +183,7 @@ def posterior_draws(case: CalibrationCase, prior, n: int, settings: dict, seed: 
     kw = case.problem.mmps_kwargs(settings)
     gens = [torch.Generator().manual_seed(seed * 100_003 + j) for j in range(n)]
     p = case.problem
-    return samplers.mmps(prior, p.y, p.forward, p.sigma, gens, n, progress=False, **kw).detach()
+    return samplers.mmps(prior, p.y, p.forward, p.sigma, gens, n, progress=False, **kw).detach().cpu()
 
 
 def finite_sample_coverage(n: int, levels: Sequence[float] = (0.68, 0.95)) -> dict[float, float]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .denoiser_variance import annulus_masks
-from .samplers import SPACINGS, _alphas_cumprod, _ddim_step, _time_batch, timesteps
+from .samplers import SPACINGS, _alphas_cumprod, _ddim_step, _randn, _time_batch, timesteps
 
 __all__ = ["DRIFT_ANNULI_PX", "chain_from", "denoiser_mean_error", "renoise_drift"]
 
@@ -60,7 +60,7 @@ def chain_from(prior: Any, x_t: torch.Tensor, ts: torch.Tensor, start: int, gene
         a_t = float(abar[t])
         a_prev = float(abar[int(ts[i + 1])]) if i + 1 < len(ts) else 1.0
         D = prior.x0_hat(x, _time_batch(t, x.shape[0], x.device))
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if a_prev < 1 else None
+        z = _randn(tuple(x.shape), generator, x.dtype, x.device) if a_prev < 1 else None
         x = _ddim_step(x, D, a_t, a_prev, z, eta)
     return x
 
@@ -68,7 +68,7 @@ def chain_from(prior: Any, x_t: torch.Tensor, ts: torch.Tensor, start: int, gene
 def _annulus_sums(v: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """Sums over bands and over the pixels of each annulus ``G`` (K, H, W, indicator images,
     :func:`diffdecon.denoiser_variance.annulus_masks`), (N, K), float64, of ``v`` (N, C, H, W)."""
-    return torch.einsum("nchw,khw->nk", v.double(), G)
+    return torch.einsum("nchw,khw->nk", v.double(), G.to(v.device))
 
 
 def _mean_sem(d: torch.Tensor) -> dict:
@@ -117,13 +117,13 @@ def renoise_drift(prior: Any, x0: torch.Tensor, t: int, cycles: int, generator: 
     x = x_start
     for c in range(cycles):
         with torch.no_grad():
-            x_t = a**0.5 * x + (1.0 - a) ** 0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x_t = a**0.5 * x + (1.0 - a) ** 0.5 * _randn(tuple(x.shape), generator, x.dtype, x.device)
             x = chain_from(prior, x_t, ts, start, generator, eta)
         row = {"cycle": c + 1, "x_sum": _mean_sem(_annulus_sums(x, G) - xs0)}
         if to_flux is not None:
             f = to_flux(x.double())
             row["flux"] = _mean_sem(_annulus_sums(f, G) - fs0)
-            row["flux_total_ratio"] = float(np.median((f.sum((1, 2, 3)) / f0.sum((1, 2, 3))).numpy()))
+            row["flux_total_ratio"] = float(np.median((f.sum((1, 2, 3)) / f0.sum((1, 2, 3))).cpu().numpy()))
         out["cycles"].append(row)
     return out
 
@@ -144,7 +144,7 @@ def denoiser_mean_error(prior: Any, x0: torch.Tensor, t: int, generator: torch.G
         raise ValueError(f"t={t!r}; accepted: an integer time in [0, {abar.numel()})")
     a = float(abar[int(t)])
     G = annulus_masks(annuli_px, tuple(x0.shape[-2:]))
-    x_t = a**0.5 * x0 + (1.0 - a) ** 0.5 * torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    x_t = a**0.5 * x0 + (1.0 - a) ** 0.5 * _randn(tuple(x0.shape), generator, x0.dtype, x0.device)
     D = prior.x0_hat(x_t, _time_batch(int(t), x0.shape[0], x0.device))
 
     out = {"t": int(t), "n_images": int(x0.shape[0]), "x_sum": _mean_sem(_annulus_sums(x0 - D, G))}
