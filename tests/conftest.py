@@ -34,6 +34,27 @@ def device() -> torch.device:
     return torch.device(os.environ.get("DIFFDECON_TEST_DEVICE", "cpu"))
 
 
+class PriorOnDevice(torch.nn.Module):
+    """A closed-form prior ``base`` behind a denoiser that, like a network, refuses inputs that
+    are not on its own device (that of its one parameter)."""
+
+    def __init__(self, base, device):
+        super().__init__()
+        self.base, self.schedule, self.profile = base, base.schedule, getattr(base, "profile", None)
+        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float64, device=device))
+
+    def x0_hat(self, x_t, t):
+        if x_t.device != self.anchor.device or t.device != self.anchor.device:
+            raise RuntimeError(f"inputs on {x_t.device} / {t.device}, network on {self.anchor.device}")
+        return self.base.x0_hat(x_t.cpu(), t.cpu()).to(self.anchor.device)
+
+
+@pytest.fixture
+def prior_on_device(device):
+    """``base -> PriorOnDevice(base, device)``: a prior whose denoiser runs on the test device."""
+    return lambda base: PriorOnDevice(base, device)
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op torch thread per test: the test tensors are small, and on a machine

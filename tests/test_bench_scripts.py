@@ -279,7 +279,7 @@ def test_calibration_bench_records_the_sampler_it_ran(monkeypatch, tmp_path, smo
     from diffdecon import prior as prior_mod
 
     monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(prior_mod, "load_prior", lambda profile: smoke_gaussian_prior)
+    monkeypatch.setattr(prior_mod, "load_prior", lambda profile, **kw: smoke_gaussian_prior)
     bench = _load("bench/bench_calibration.py")
     out = tmp_path / "cal.json"
     args = ["--profile", "smoke", "--truths", "2", "--heldout", "0", "--samples", "2", "--threads", "1"]
@@ -299,7 +299,7 @@ def test_prior_drift_bench_records_both_starting_sets(monkeypatch, tmp_path, smo
     from diffdecon import prior as prior_mod
 
     monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(prior_mod, "load_prior", lambda profile: smoke_gaussian_prior)
+    monkeypatch.setattr(prior_mod, "load_prior", lambda profile, **kw: smoke_gaussian_prior)
     bench = _load("bench/bench_prior_drift.py")
     out = tmp_path / "drift.json"
     assert bench.main(["--profile", "smoke", "--images", "4", "--cycles", "2", "--times", "25", "--fine-steps", "0",

@@ -38,6 +38,22 @@ def test_table_matches_gaussian_tweedie_variance():
                                        rtol=1e-6))
 
 
+def test_table_is_measured_and_read_on_the_networks_device(device, prior_on_device):
+    """Training images come from the CPU; the table is measured with the network on ``device``
+    and read for a ``D`` on that device, with the values of the all-CPU table (1e-12). (On the
+    CPU the devices agree; run with DIFFDECON_TEST_DEVICE=cuda on a GPU to test the moves.)"""
+    base = _white_prior(0.09)
+    x0 = base.sample(64, torch.Generator().manual_seed(0))
+    times = [0, 200, 600]
+    dv = dvm.measure(prior_on_device(base), x0, times, torch.Generator().manual_seed(1), progress=False)
+    ref = dvm.measure(base, x0, times, torch.Generator().manual_seed(1), progress=False)
+    assert torch.allclose(dv.table, ref.table, rtol=1e-12)
+    D = torch.linspace(-1.2, 0.5, 64, dtype=torch.float64).view(1, 1, 8, 8)
+    got = dv(D.to(device), 200)
+    assert got.device == D.to(device).device
+    assert torch.allclose(got.cpu(), ref(D, 200), rtol=1e-12)
+
+
 def test_interpolation_in_log_variance_between_times():
     prior = _white_prior(0.25)
     x0 = prior.sample(32, torch.Generator().manual_seed(0))

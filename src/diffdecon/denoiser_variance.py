@@ -147,8 +147,10 @@ class DenoiserVariance:
             raise InputValueError("D's bands", C, f"{self.table.shape[1]} bands, as the table")
         k, w = self._time_weight(t)
         logv = (1 - w) * self.table[k].log() + w * self.table[k + 1].log()  # (C, B)
-        b = (torch.bucketize(D.detach().double(), self.edges[1:-1].contiguous())).clamp(0, logv.shape[1] - 1)
-        return logv.exp().to(D.dtype)[torch.arange(C).view(1, C, 1, 1), b]
+        # the table lives on the CPU; the lookup runs on D's device (a network's, e.g. a GPU)
+        edges = self.edges[1:-1].contiguous().to(D.device)
+        b = torch.bucketize(D.detach().double(), edges).clamp(0, logv.shape[1] - 1)
+        return logv.exp().to(device=D.device, dtype=D.dtype)[torch.arange(C, device=D.device).view(1, C, 1, 1), b]
 
     def to_dict(self) -> dict:
         return {"times": self.times.tolist(), "edges": self.edges.tolist(), "table": self.table.tolist(),
@@ -223,7 +225,7 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
     diffusion ``times`` (ints in [0, T)), with one noise draw per image and time from
     ``generator``; with ``annuli`` (radii [px], 0 to inf, :func:`annulus_masks`) also the
     annulus covariance ``Lambda_t``. ``prior`` follows the contract of :mod:`diffdecon.samplers`."""
-    from .samplers import _alphas_cumprod, _time_batch
+    from .samplers import _alphas_cumprod, _prior_dtype_device, _time_batch
 
     times = torch.as_tensor(sorted(set(int(t) for t in times)), dtype=torch.long)
     abar = _alphas_cumprod(prior)
@@ -232,6 +234,7 @@ def measure(prior, x0: torch.Tensor, times, generator: torch.Generator, progress
     x0 = torch.as_tensor(x0)
     if x0.ndim != 4 or x0.shape[0] < 1:
         raise InputValueError("x0 shape", tuple(x0.shape), "(N, C, H, W) prior-space images")
+    x0 = x0.to(_prior_dtype_device(prior)[1])  # the network's device; the table is made on the CPU
     edges = bin_edges()
     n_bins, C = len(edges) - 1, x0.shape[1]
     table = torch.empty(len(times), C, n_bins, dtype=torch.float64)
