@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from diffdecon.config import get_profile
-from diffdecon.prior import (DiffusionPrior, NoiseSchedule, build_unet, cosine_alphas_cumprod, load_prior,
-                             normalise, stretch, to_flux, unstretch)
+from diffdecon.prior import (DiffusionPrior, NoiseSchedule, build_unet, cosine_alphas_cumprod, load_candidate,
+                             load_prior, normalise, stretch, to_flux, unstretch)
 
 
 SMOKE = get_profile("smoke")
@@ -140,6 +141,28 @@ def test_load_prior_round_trip_and_hash(tmp_path):
     torch.save({"ema": build_unet(other).state_dict(), "config": other.to_dict()}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="block_out_channels"):
         load_prior(SMOKE, tmp_path / "c.pt")
+
+
+def test_load_candidate_takes_its_own_unet_and_refuses_other_data(tmp_path):
+    # an exported folder of another width loads with its own UNet (the profile's would not take
+    # its weights); a record of another image size or stretch is refused by name
+    wide = dataclasses.replace(SMOKE, block_out_channels=(16, 24))
+    torch.manual_seed(0)  # network initialisation
+    net = build_unet(wide)
+    torch.save(net.state_dict(), tmp_path / "ema_weights.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"config": wide.to_dict(), "step": 7}))
+    loaded = load_candidate(SMOKE, tmp_path)
+    assert loaded.profile.block_out_channels == (16, 24) and loaded.profile.name == SMOKE.name
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), loaded.unet.parameters()))
+    with pytest.raises(RuntimeError):  # the profile's own UNet cannot hold these weights
+        load_prior(SMOKE, tmp_path)
+    for field, value in (("image_size", SMOKE.image_size * 2), ("asinh_a", SMOKE.asinh_a * 2)):
+        bad = {**wide.to_dict(), field: value}
+        (tmp_path / "config.json").write_text(json.dumps({"config": bad}))
+        with pytest.raises(ValueError, match=field):
+            load_candidate(SMOKE, tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_candidate(SMOKE, tmp_path / "nowhere")
 
 
 def test_load_prior_reads_half_precision_weights(tmp_path):
