@@ -114,6 +114,11 @@ bench: venv
 		--output results/calibration_jacobian_i22.json
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 --covariance jacobian \
 		--jacobian-rank 8 --output results/calibration_jacobian8_i22.json
+	# the same two on 80 other chain draws at i = 22 (TARP over 30-50 draws is too noisy to decide)
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 80 --heldout 0 \
+		--output results/calibration_i22_80.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 80 --heldout 0 --covariance jacobian \
+		--jacobian-rank 8 --output results/calibration_jacobian8_i22_80.json
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
