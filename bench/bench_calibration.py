@@ -31,6 +31,9 @@ from pathlib import Path
 
 from diffdecon.config import MMPS_COVARIANCES  # light: no torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_network_arguments, load_network  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--components", type=int, default=1024, help="mixture components (--prior mixture)")
     ap.add_argument("--s0", type=float, default=0.05,
                     help="standard deviation of each mixture component [prior-space units] (--prior mixture)")
-    ap.add_argument("--checkpoint", default=None,
-                    help="a folder exported by scripts/train.py (ema_weights.pt, config.json; its UNet may differ "
-                         "from the profile's, e.g. a --candidate run); default the committed models/<profile>/")
-    ap.add_argument("--device", default="cpu", help="torch device of the network and the sampler (default cpu)")
+    add_network_arguments(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/calibration.json (smoke: results/calibration_smoke.json)")
     args = ap.parse_args(argv)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from diffdecon import config, mock, paths, prior as prior_mod, sbc, validation
+    from diffdecon import config, mock, paths, sbc, validation
     from diffdecon.cache import atomic_write_text
 
     if args.prior == "mixture":
@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"--heldout {args.heldout} ignored")
         args.heldout = 0
     else:
-        prior = (prior_mod.load_candidate(args.profile, args.checkpoint, args.device) if args.checkpoint
-             else prior_mod.load_prior(args.profile, map_location=args.device))
-        prior.to(args.device).eval().requires_grad_(False)
+        prior = load_network(args.profile, args.checkpoint, args.device)
         prior_id = prior.checkpoint_sha256
     st = validation.sampler_settings(args.profile)
     P = config.get_profile(args.profile)

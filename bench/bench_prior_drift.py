@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_network_arguments, load_network  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--times", type=int, nargs="+", default=[3, 11, 25, 100],
                     help="diffusion times to renoise to (the nearest of the profile's grid)")
     ap.add_argument("--fine-steps", type=int, default=100, help="steps of the finer grid at t ~ 25 (0 skips it)")
-    ap.add_argument("--checkpoint", default=None,
-                    help="a folder exported by scripts/train.py (ema_weights.pt, config.json; its UNet may differ "
-                         "from the profile's, e.g. a --candidate run); default the committed models/<profile>/")
-    ap.add_argument("--device", default="cpu", help="torch device of the network (default cpu)")
+    add_network_arguments(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/prior_drift.json (other profiles: _<profile>)")
     args = ap.parse_args(argv)
@@ -47,13 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from diffdecon import paths, prior as prior_mod, sbc, stationarity
+    from diffdecon import paths, sbc, stationarity
     from diffdecon.cache import atomic_write_text
     from diffdecon.prior import unstretch
 
-    prior = (prior_mod.load_candidate(args.profile, args.checkpoint, args.device) if args.checkpoint
-             else prior_mod.load_prior(args.profile, map_location=args.device))
-    prior.to(args.device).eval().requires_grad_(False)
+    prior = load_network(args.profile, args.checkpoint, args.device)
     P = prior.profile
     out = Path(args.output) if args.output else paths.RESULTS / (
         "prior_drift.json" if args.profile == "quick" else f"prior_drift_{args.profile}.json")

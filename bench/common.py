@@ -96,6 +96,26 @@ def sampler_kwargs(settings, sampler: str, sampler_fn: Callable | None = None) -
     return {k: v for k, v in out.items() if k in params}
 
 
+def add_network_arguments(ap) -> None:
+    """``--checkpoint`` and ``--device`` of a benchmark that loads the profile's network
+    (:func:`load_network`)."""
+    ap.add_argument("--checkpoint", default=None,
+                    help="a folder exported by scripts/train.py (ema_weights.pt, config.json; its UNet may differ "
+                         "from the profile's, e.g. a --candidate run); default the committed models/<profile>/")
+    ap.add_argument("--device", default="cpu", help="torch device of the network and the sampler (default cpu)")
+
+
+def load_network(profile, checkpoint=None, device="cpu"):
+    """The trained prior of ``profile`` on ``device``, in eval mode without gradients: the
+    committed one, or with ``checkpoint`` the folder's (:func:`diffdecon.prior.load_candidate`,
+    its own UNet)."""
+    from diffdecon import prior as prior_mod
+
+    prior = (prior_mod.load_candidate(profile, checkpoint, device) if checkpoint
+             else prior_mod.load_prior(profile, map_location=device))
+    return prior.to(device).eval().requires_grad_(False)
+
+
 def describe(kwargs: dict[str, Any]) -> str:
     """Short label of sampler arguments, e.g. ``steps=100, cg_iters=5``."""
     return ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
