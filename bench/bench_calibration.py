@@ -38,7 +38,7 @@ from common import add_network_arguments, load_network  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="quick")
-    ap.add_argument("--truths", type=int, default=100, help="prior-drawn truths (default 100)")
+    ap.add_argument("--truths", type=int, default=100, help="prior-drawn truths (default 100; 0 skips)")
     ap.add_argument("--heldout", type=int, default=32, help="held-out synthetic truths (default 32; 0 skips)")
     ap.add_argument("--samples", type=int, default=4, help="posterior samples per truth (default 4)")
     ap.add_argument("--steps", type=int, default=None, help="MMPS steps (default: the profile's)")
@@ -82,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="default results/calibration.json (smoke: results/calibration_smoke.json)")
     args = ap.parse_args(argv)
-    if args.truths < 2 or args.samples < 2 or args.heldout < 0:
-        ap.error("--truths and --samples must be >= 2 and --heldout >= 0")
+    if any(n == 1 or n < 0 for n in (args.truths, args.heldout)) or args.samples < 2:
+        ap.error(f"--truths {args.truths} --heldout {args.heldout} --samples {args.samples}: the truths must be "
+                 "0 (skip) or >= 2 (TARP needs two), the samples >= 2")
+    if args.truths == 0 and (args.heldout == 0 or args.prior == "mixture"):
+        ap.error(f"--truths 0 with --heldout {args.heldout} and --prior {args.prior}: nothing to measure "
+                 "(the mixture has no held-out set)")
     if args.covariance == "exact" and args.prior != "mixture":
         ap.error("--covariance exact needs --prior mixture (the network has no closed-form covariance)")
     if args.checkpoint is not None and args.prior != "network":

@@ -195,7 +195,7 @@ if [[ -f $CAND/ema_weights.pt ]]; then
       --output "$EVAL/calibration_candidate_i${mag}_gpu.json"
   done
   bounded "calibration held out" "$PY" bench/bench_calibration.py --profile "$BASE" --checkpoint "$CAND" \
-    --device "$DEVICE" --truths 2 --heldout "$CAL_HELDOUT" --mags 18 20 22 --threads "$THREADS" \
+    --device "$DEVICE" --truths 0 --heldout "$CAL_HELDOUT" --mags 18 20 22 --threads "$THREADS" \
     --output "$EVAL/calibration_candidate_heldout_gpu.json"
   echo "[gpu_run] candidate evaluation took $(( $(date +%s) - T3 )) s"
   tar -cf "$OUTDIR/eval_gpu.tar" -C "$OUTDIR" eval && rm -rf "$EVAL" && tar -tvf "$OUTDIR/eval_gpu.tar"

@@ -369,3 +369,14 @@ def test_calibration_bench_with_the_jacobian_covariance(monkeypatch, tmp_path):
         bench.main(["--profile", "smoke", "--prior", "mixture", "--covariance", "jacobian", "--jacobian-rank", "0",
                     "--output", str(tmp_path / "no.json")])
     assert not (tmp_path / "no.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--truths", "1"], ["--heldout", "1"], ["--samples", "1"], ["--truths", "-2"],
+                                  ["--truths", "0", "--heldout", "0"], ["--truths", "0", "--prior", "mixture"]])
+def test_calibration_bench_refuses_truth_counts_it_cannot_measure(tmp_path, argv):
+    """A set of one truth (TARP needs two), one sample, or nothing to measure at all is refused
+    before anything loads or is written."""
+    bench = _load("bench/bench_calibration.py")
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "smoke", *argv, "--output", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()
