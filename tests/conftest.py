@@ -40,7 +40,7 @@ class PriorOnDevice(torch.nn.Module):
 
     def __init__(self, base, device):
         super().__init__()
-        self.base, self.schedule, self.profile = base, base.schedule, getattr(base, "profile", None)
+        self.base, self.schedule = base, base.schedule
         self.anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float64, device=device))
 
     def x0_hat(self, x_t, t):
