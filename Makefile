@@ -86,9 +86,9 @@ bench: venv
 	# Sampler settings from validation.sampler_settings(profile). DPS at zeta = 1e-3: the
 	# published zeta = 1 diverges in flux units on the quick model (results/bench_sampling_zeta1.json).
 	$(PY) bench/bench_sampling.py --zeta 1e-3
-	# Calibration where the answer is known: 50 prior-drawn and 16 held-out truths per magnitude
+	# Calibration where the answer is known: 100 prior-drawn and 16 held-out truths per magnitude
 	# (i = 18, 20, 22) -> results/calibration.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 150 --heldout 48
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 300 --heldout 48
 	# The sampler where its prior is exact (a Gaussian mixture about 1024 training galaxies): the
 	# profile's sampler (steps from draws of p(x0 | x_t, y), the last too) on 50 exact draws per
 	# magnitude, and steps from the mean (one linearisation in the last step) on 20 per magnitude
