@@ -121,6 +121,12 @@ bench: venv
 		--jacobian-rank 8 --output results/calibration_jacobian8_i22_80.json
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)
+	# The denoiser's mean error alone along the committed training run (its EMA snapshots and the
+	# final weights, on the same held-out galaxies and noise) -> results/prior_mean_error_*.json
+	for f in models/$(PROFILE)/snapshots/ema_step*.pt; do \
+	  $(PY) bench/bench_prior_drift.py --profile $(PROFILE) --cycles 0 --starts heldout --checkpoint $$f \
+	    --output results/prior_mean_error_$$(basename $$f .pt).json || exit 1; done
+	$(PY) bench/bench_prior_drift.py --profile $(PROFILE) --cycles 0 --starts heldout --output results/prior_mean_error_final.json
 	@if $(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
 	  $(PY) bench/bench_training.py --device cuda --profiles smoke quick --threads 4 --batch-sizes 64 128 256 --steps 20; \
 	  $(PY) bench/bench_paper_sampler.py --device cuda --compile; \

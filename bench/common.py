@@ -101,18 +101,27 @@ def add_network_arguments(ap) -> None:
     (:func:`load_network`)."""
     ap.add_argument("--checkpoint", default=None,
                     help="a folder exported by scripts/train.py (ema_weights.pt, config.json; its UNet may differ "
-                         "from the profile's, e.g. a --candidate run); default the committed models/<profile>/")
+                         "from the profile's, e.g. a --candidate run), or a weights file of the profile's own UNet "
+                         "(e.g. a training snapshot, models/<profile>/snapshots/ema_step*.pt); default the committed "
+                         "models/<profile>/")
     ap.add_argument("--device", default="cpu", help="torch device of the network and the sampler (default cpu)")
 
 
 def load_network(profile, checkpoint=None, device="cpu"):
     """The trained prior of ``profile`` on ``device``, in eval mode without gradients: the
-    committed one, or with ``checkpoint`` the folder's (:func:`diffdecon.prior.load_candidate`,
-    its own UNet)."""
+    committed one; with ``checkpoint`` a folder, the folder's (:func:`diffdecon.prior.load_candidate`,
+    its own UNet); with ``checkpoint`` a file, those weights in the profile's UNet
+    (:func:`diffdecon.prior.load_prior`: a training snapshot or checkpoint)."""
+    from pathlib import Path
+
     from diffdecon import prior as prior_mod
 
-    prior = (prior_mod.load_candidate(profile, checkpoint, device) if checkpoint
-             else prior_mod.load_prior(profile, map_location=device))
+    if checkpoint and Path(checkpoint).is_file():
+        prior = prior_mod.load_prior(profile, checkpoint=checkpoint, map_location=device)
+    elif checkpoint:
+        prior = prior_mod.load_candidate(profile, checkpoint, device)
+    else:
+        prior = prior_mod.load_prior(profile, map_location=device)
     return prior.to(device).eval().requires_grad_(False)
 
 

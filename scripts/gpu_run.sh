@@ -62,6 +62,11 @@
 #   denoiser removing 6-9 times more faint light (docs/calibration.md): too short. The
 #   committed run's length, 4,200 steps, is about 480 s: GPU_RUN_TRAIN_S=480 in a call of its
 #   own (the evaluation is then skipped for want of time and runs on the CPU afterwards).
+# * The committed run's own snapshots (docs/calibration.md, results/prior_mean_error_*.json): its
+#   faint-light error fell 17-29 % from step 2,400 to 3,000, 8-13 % to 3,600 and -2 to 6 % over
+#   the last 600 steps (learning rate below 1.5e-5): a longer schedule, not a resumed run, is what to try
+#   (the committed widths for about 6,000 steps in the same time: GPU_RUN_CHANNELS="32 64 96 128"
+#   GPU_RUN_BATCH=256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

@@ -314,6 +314,41 @@ def test_prior_drift_bench_records_both_starting_sets(monkeypatch, tmp_path, smo
     assert len(rec["runs"][0]["flux_start"]["mean"]) == len(rec["runs"][0]["annuli_px"]) - 1
 
 
+def test_prior_drift_bench_mean_error_alone(monkeypatch, tmp_path, smoke_gaussian_prior):
+    """``--cycles 0``: the denoiser's mean error only, on the starting sets asked for (no renoise
+    runs); a negative count is refused by name."""
+    from diffdecon import prior as prior_mod
+
+    monkeypatch.setenv("DIFFDECON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prior_mod, "load_prior", lambda profile, **kw: smoke_gaussian_prior)
+    bench = _load("bench/bench_prior_drift.py")
+    out = tmp_path / "mean_error.json"
+    assert bench.main(["--profile", "smoke", "--images", "4", "--cycles", "0", "--times", "3", "25",
+                       "--starts", "heldout", "--threads", "1", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["runs"] == [] and rec["checkpoint"] == "models/smoke/"
+    assert [(m["start"], m["t"]) for m in rec["mean_error"]] == [("heldout", 3), ("heldout", 25)]
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "smoke", "--cycles", "-1", "--output", str(out)])
+
+
+def test_load_network_takes_a_weights_file(monkeypatch, tmp_path):
+    """``--checkpoint`` a file (a training snapshot): its weights in the profile's own UNet,
+    through load_prior; a folder goes to load_candidate."""
+    from diffdecon import prior as prior_mod
+
+    common = _load("bench/common.py")
+    calls = []
+    stand_in = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(prior_mod, "load_prior", lambda profile, **kw: calls.append(("file", kw)) or stand_in)
+    monkeypatch.setattr(prior_mod, "load_candidate", lambda profile, folder, device: calls.append(("folder",)) or stand_in)
+    weights = tmp_path / "ema_step0002400.pt"
+    weights.write_bytes(b"")
+    common.load_network("smoke", str(weights))
+    common.load_network("smoke", str(tmp_path))
+    assert calls[0] == ("file", {"checkpoint": str(weights), "map_location": "cpu"}) and calls[1] == ("folder",)
+
+
 def test_calibration_bench_on_the_exact_mixture_prior(monkeypatch, tmp_path):
     """``--prior mixture``: truths are the mixture's exact draws, the denoiser variance is
     measured on them, and the record names the prior; no held-out set is drawn for it."""
