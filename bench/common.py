@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import resource
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 SAMPLERS: tuple[str, ...] = ("mmps", "dps")
@@ -112,16 +113,12 @@ def load_network(profile, checkpoint=None, device="cpu"):
     committed one; with ``checkpoint`` a folder, the folder's (:func:`diffdecon.prior.load_candidate`,
     its own UNet); with ``checkpoint`` a file, those weights in the profile's UNet
     (:func:`diffdecon.prior.load_prior`: a training snapshot or checkpoint)."""
-    from pathlib import Path
-
     from diffdecon import prior as prior_mod
 
-    if checkpoint and Path(checkpoint).is_file():
-        prior = prior_mod.load_prior(profile, checkpoint=checkpoint, map_location=device)
-    elif checkpoint:
+    if checkpoint and not Path(checkpoint).is_file():
         prior = prior_mod.load_candidate(profile, checkpoint, device)
     else:
-        prior = prior_mod.load_prior(profile, map_location=device)
+        prior = prior_mod.load_prior(profile, checkpoint=checkpoint, map_location=device)
     return prior.to(device).eval().requires_grad_(False)
 
 
