@@ -87,37 +87,41 @@ bench: venv
 	# published zeta = 1 diverges in flux units on the quick model (results/bench_sampling_zeta1.json).
 	$(PY) bench/bench_sampling.py --zeta 1e-3
 	# Calibration where the answer is known: 100 prior-drawn and 16 held-out truths per magnitude
-	# (i = 18, 20, 22) -> results/calibration.json
+	# (i = 18, 20, 22) -> results/calibration.json; the same without the chain's lookahead
+	# (diffdecon.lookahead, the default since 2026-12-04). The runs below were measured without it
+	# (--lookahead off), as their files record.
 	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 300 --heldout 48
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --truths 300 --heldout 48 --lookahead off \
+	  --output results/calibration_without_lookahead.json
 	# The sampler where its prior is exact (a Gaussian mixture about 1024 training galaxies): the
 	# profile's sampler (steps from draws of p(x0 | x_t, y), the last too) on 50 exact draws per
 	# magnitude, and steps from the mean (one linearisation in the last step) on 20 per magnitude
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --truths 150 --output results/calibration_mixture_draw_last.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --truths 60 --x0-draw off --last-draw off \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --prior mixture --truths 150 --output results/calibration_mixture_draw_last.json
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --prior mixture --truths 60 --x0-draw off --last-draw off \
 		--last-newton 1 --output results/calibration_mixture_mean.json
 	# What the diagonal covariance costs where the prior is exact: the profile's sampler with the
 	# mixture's own Cov[x0 | x_t] (--covariance exact) against it on the same exact draws
 	for spec in "18 40" "20 60" "22 40"; do set -- $$spec; \
-	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags $$1 --truths $$2 \
+	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --prior mixture --mags $$1 --truths $$2 \
 	    --output results/calibration_mixture_i$$1.json || exit 1; \
-	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags $$1 --truths $$2 --covariance exact \
+	  $(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --prior mixture --mags $$1 --truths $$2 --covariance exact \
 	    --output results/calibration_mixture_exact_i$$1.json || exit 1; done
 	# A low-rank covariance from the denoiser's Jacobian (--covariance jacobian) at i = 22: on the
 	# mixture's same 40 exact draws, and on the network's 30 chain draws against its default there
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags 22 --truths 40 --covariance jacobian \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --prior mixture --mags 22 --truths 40 --covariance jacobian \
 		--output results/calibration_mixture_jacobian_i22.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --prior mixture --mags 22 --truths 40 --covariance jacobian \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --prior mixture --mags 22 --truths 40 --covariance jacobian \
 		--jacobian-min-t 0 --output results/calibration_mixture_jacobian_t0_i22.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --mags 22 --truths 30 --heldout 0 \
 		--output results/calibration_i22.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 --covariance jacobian \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --mags 22 --truths 30 --heldout 0 --covariance jacobian \
 		--output results/calibration_jacobian_i22.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 30 --heldout 0 --covariance jacobian \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --mags 22 --truths 30 --heldout 0 --covariance jacobian \
 		--jacobian-rank 8 --output results/calibration_jacobian8_i22.json
 	# the same two on 80 other chain draws at i = 22 (TARP over 30-50 draws is too noisy to decide)
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 80 --heldout 0 \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --mags 22 --truths 80 --heldout 0 \
 		--output results/calibration_i22_80.json
-	$(PY) bench/bench_calibration.py --profile $(PROFILE) --mags 22 --truths 80 --heldout 0 --covariance jacobian \
+	$(PY) bench/bench_calibration.py --profile $(PROFILE) --lookahead off --mags 22 --truths 80 --heldout 0 --covariance jacobian \
 		--jacobian-rank 8 --output results/calibration_jacobian8_i22_80.json
 	# Is the prior's chain stationary under its own noising (renoise-denoise cycles)? -> results/prior_drift.json
 	$(PY) bench/bench_prior_drift.py --profile $(PROFILE)

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jacobian-rank", type=int, default=16, help="rank of the Jacobian term (--covariance jacobian)")
     ap.add_argument("--jacobian-min-t", type=int, default=500,
                     help="smallest diffusion time given the Jacobian term (--covariance jacobian)")
+    ap.add_argument("--lookahead", choices=["profile", "on", "off"], default="profile",
+                    help="each MMPS step fits the data through x0 + b_t(D), the mean change the prior's own chain "
+                         "still makes after it (diffdecon.lookahead; measured on 256 chain draws, cached; "
+                         "default: as the profile sets it)")
     ap.add_argument("--prior", choices=["network", "mixture"], default="network",
                     help="the profile's trained prior (default), or a Gaussian mixture about training galaxies "
                          "whose denoiser is exact (diffdecon.mixture_prior): truths are its exact draws, so a "
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["newton"] = args.newton
     if settings["covariance"] == "jacobian":
         settings.update(jacobian_rank=args.jacobian_rank, jacobian_min_t=args.jacobian_min_t)
+    use_lookahead = P.lookahead if args.lookahead == "profile" else args.lookahead == "on"
+    settings["lookahead"] = "chain" if use_lookahead else None
     own = "draw" if P.x0_draw else "mean"
     variants = args.variants or [own]
     reference = mock.hsc_reference()
@@ -158,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "(the profile's sampler)"
                                    + (", the last step a draw too" if own == "draw" and P.last_draw else "")
                                    + (f", {settings['last_newton']} linearisations of the forward model in the last step"
-                                      if settings["last_newton"] > 1 else ""),
+                                      if settings["last_newton"] > 1 else "")
+                                   + (", each step fitting the data through x0 + b_t(D), the chain's lookahead "
+                                      "(diffdecon.lookahead)" if use_lookahead else ""),
                            f"mmps_x0{'mean' if own == 'draw' else 'draw'}":
                                f"the same, step from {'the mean' if own == 'draw' else 'a draw'} of it"
                                + (", the last step a draw too" if own == "mean" and P.last_draw else "")}}
@@ -169,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             # the profile's last_draw reaches the draw variant through InverseProblem.mmps_kwargs
             run = {**settings, "x0_draw": variant == "draw", "last_draw": variant == "draw" and P.last_draw}
             rec = sbc.run_calibration(prior, kind, n, args.samples, run, args.mags, validation.PAPER_LOW_Z, reference)
+            if use_lookahead:
+                from diffdecon import lookahead
+
+                rec["lookahead"] = lookahead.of_prior(prior, settings["steps"], settings["spacing"]).summary()
             record.setdefault(kind, {})[name] = rec
             print(f"[calibration] {kind}, {name}: {n} truths in {time.perf_counter() - t0:.0f} s: chi2 median "
                   f"{rec['chi2_sample_median']:.3f}, coverage 68/95 {rec['coverage_68']:.3f}/{rec['coverage_95']:.3f} "

@@ -94,8 +94,10 @@ def test_help_texts(capsys):
 def test_deconvolve_end_to_end(obs_files, test_prior, capsys):
     out = obs_files["dir"] / "post.fits"
     rc = cli.main(_args(obs_files, out, "--seed", "7", "--save-samples", "--batch-size", "1"), prior=test_prior)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert rc == 0, err
+    assert "chain lookahead" in captured.out  # the profile's default: measured on the prior's chain, cached
     assert "wrote" in err
     P = get_profile("smoke")
     with fits.open(out) as hdul:
@@ -105,6 +107,7 @@ def test_deconvolve_end_to_end(obs_files, test_prior, capsys):
         assert h0["CKPTSHA"] == test_prior.checkpoint_sha256
         assert (h0["SAMPLER"], h0["STEPS"], h0["SEED"], h0["NSAMPLE"]) == ("mmps", 3, 7, 2)
         assert h0["MMPSCOV"] == get_profile("smoke").mmps_covariance
+        assert h0["LOOKAHD"] is get_profile("smoke").lookahead is True
         assert h0["PROFILE"] == "smoke" and h0["REDSHIFT"] == pytest.approx(Z)
         assert h0["PIXSCALE"] == pytest.approx(0.168, rel=1e-6)
         assert h0["DDVERS"] == __import__("diffdecon").__version__
@@ -143,6 +146,10 @@ def test_deconvolve_end_to_end(obs_files, test_prior, capsys):
     assert cli.main(_args(obs_files, out, "--overwrite", "--covariance", "annuli"), prior=test_prior) == 0
     with fits.open(out) as hdul:
         assert hdul[0].header["MMPSCOV"] == "annuli"
+    # without the chain's lookahead (diffdecon.lookahead), as the header says
+    assert cli.main(_args(obs_files, out, "--overwrite", "--lookahead", "off"), prior=test_prior) == 0
+    with fits.open(out) as hdul:
+        assert hdul[0].header["LOOKAHD"] is False
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -175,6 +182,10 @@ def test_bad_band_counts_shapes_and_psf_band(obs_files, test_prior, capsys, tmp_
 def test_covariance_is_for_mmps_only(obs_files, test_prior, capsys, tmp_path):
     out = tmp_path / "o.fits"
     _fails(_args(obs_files, out, "--sampler", "dps", "--covariance", "isotropic"), "--covariance applies to --sampler mmps",
+           capsys, test_prior, out)
+    _fails(_args(obs_files, out, "--sampler", "dps", "--lookahead", "on"), "--lookahead applies to --sampler mmps",
+           capsys, test_prior, out)
+    _fails(_args(obs_files, out, "--covariance", "tweedie", "--lookahead", "on"), "with a diagonal covariance only",
            capsys, test_prior, out)
     with pytest.raises(SystemExit):  # argparse names the accepted values
         cli.main(_args(obs_files, out, "--covariance", "full"), prior=test_prior)

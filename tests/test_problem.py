@@ -102,6 +102,10 @@ def test_mmps_defaults_carry_the_profiles_solver_settings(smoke_mock):
     both = dataclasses.replace(pb, profile=dataclasses.replace(P, x0_draw=True, last_draw=True)).mmps_defaults()
     assert both["x0_draw"] is True and both["last_draw"] is True
     assert P.x0_draw and P.last_draw  # the default of every profile: the sampler calibrated where the prior is exact
+    # the chain's lookahead when the profile sets it, never with the Jacobian covariance
+    on = dataclasses.replace(pb, profile=dataclasses.replace(P, lookahead=True))
+    assert on.mmps_defaults()["lookahead"] == "chain" and "lookahead" not in on.mmps_defaults("tweedie")
+    assert "lookahead" not in dataclasses.replace(pb, profile=dataclasses.replace(P, lookahead=False)).mmps_defaults()
 
 
 def test_mmps_kwargs_puts_the_settings_over_the_defaults_of_their_covariance(smoke_mock):

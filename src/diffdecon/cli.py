@@ -106,6 +106,9 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--covariance", default=None, choices=list(MMPS_COVARIANCES),
                    help="covariance of p(x0 | x_t) in MMPS (default: the profile's mmps_covariance; see "
                         "diffdecon.mmps)")
+    g.add_argument("--lookahead", default=None, choices=["on", "off"],
+                   help="MMPS steps fit the data through the prior chain's lookahead, the mean change its own "
+                        "later steps make (default: the profile's lookahead; see diffdecon.lookahead)")
     g.add_argument("--zeta", type=float, default=None, help="DPS guidance scale (default: the sampler's)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     o = p.add_argument_group("output")
@@ -242,6 +245,10 @@ def _sampler_kwargs(args) -> dict[str, Any]:
         if args.sampler != "mmps":
             raise CLIError("--covariance applies to --sampler mmps only")
         kw["covariance"] = args.covariance
+    if args.lookahead is not None:
+        if args.sampler != "mmps" or kw.get("covariance") == "tweedie":
+            raise CLIError("--lookahead applies to --sampler mmps with a diagonal covariance only")
+        kw["lookahead"] = "chain" if args.lookahead == "on" else None
     return kw
 
 

@@ -137,6 +137,18 @@ class Profile:
         Each MMPS step's CG solve starts from the previous step's ``x0_post`` instead of from
         ``D`` (``warm_start`` of :func:`diffdecon.mmps.mmps`): the same linear system, solved
         further in the same iterations.
+    lookahead : bool
+        Each MMPS step fits the data through ``x0 + b_t(D)``, the mean change the prior's own
+        chain still makes to ``x0`` after that step, tabulated on the chain's draws
+        (``lookahead="chain"`` of :func:`diffdecon.mmps.mmps`, :mod:`diffdecon.lookahead`): the
+        data observe the chain's final image, which for the trained network holds less faint
+        light than every earlier step's ``D``. Zero for an exact prior. On by default (every
+        profile): on 100 of the quick network's chain draws per magnitude it brings the samples'
+        total flux from 0.3-1.3 units of the data's summed-flux noise below the truth's to within
+        the noise (flux ranks uniform, p 0.09-0.35 against 1e-15 to 1e-48) and TARP from
+        0.35 / 0.29 / 0.31 to 0.24 / 0.16 / 0.15 at i = 18 / 20 / 22 against a 95 % null of 0.24
+        (``results/calibration.json``, ``results/calibration_without_lookahead.json``), at no
+        measurable cost (one table lookup per step).
     time_spacing : str
         Spacing of the sampling times, one of :data:`TIME_SPACINGS`
         (:func:`diffdecon.samplers.timesteps`); ``"quadratic"`` puts the steps at low noise.
@@ -178,6 +190,7 @@ class Profile:
     last_draw: bool = True
     last_newton: int = 2
     warm_start: bool = False
+    lookahead: bool = True
     time_spacing: str = "quadratic"
     mmps_covariance: str = "empirical"
     bands: tuple[str, ...] = BANDS

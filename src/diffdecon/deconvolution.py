@@ -63,6 +63,9 @@ class PosteriorResult:
     covariance : str or None
         MMPS's covariance of ``p(x_0 | x_t)`` (:data:`diffdecon.config.MMPS_COVARIANCES`);
         None for DPS.
+    lookahead : bool
+        Whether MMPS's steps fitted the data through the prior chain's lookahead
+        (:mod:`diffdecon.lookahead`); False for DPS.
     wall_time_s : float
         Time spent sampling the posterior [s].
     problem : InverseProblem
@@ -83,6 +86,7 @@ class PosteriorResult:
     problem: InverseProblem
     chi2_samples: np.ndarray | None = None
     covariance: str | None = None
+    lookahead: bool = False
 
     @property
     def converged(self) -> bool:
@@ -155,7 +159,8 @@ def deconvolve(problem: InverseProblem, prior, sampler: str = "mmps", n: int | N
                            variance_ratio=torch.as_tensor(vr), variance_ratio_aperture=vr_ap,
                            sampler=sampler, steps=steps, n=n, seed=seed, wall_time_s=wall, problem=problem,
                            chi2_samples=chi2_samples,
-                           covariance=sampler_kwargs.get("covariance", P.mmps_covariance) if sampler == "mmps" else None)
+                           covariance=sampler_kwargs.get("covariance", P.mmps_covariance) if sampler == "mmps" else None,
+                           lookahead=sampler == "mmps" and bool(problem.mmps_kwargs(sampler_kwargs).get("lookahead")))
 
 
 def _check_arguments(problem: InverseProblem, prior, sampler: str, n, steps) -> None:

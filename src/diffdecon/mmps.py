@@ -70,6 +70,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -373,7 +374,8 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
                       variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                       linearise: Callable[[torch.Tensor], tuple] | None = None, cg_tol: float | None = None,
                       newton: int = 1, init: torch.Tensor | None = None,
-                      exact_cov: Callable[[torch.Tensor, int], tuple] | None = None):
+                      exact_cov: Callable[[torch.Tensor, int], tuple] | None = None,
+                      lookahead: Callable[[torch.Tensor, int], torch.Tensor] | None = None):
     """Posterior denoiser of MMPS with a diagonal covariance: ``V_t = c_t I`` (isotropic), or
     ``V_t = diag(variance(D, t))`` when ``variance`` is given (e.g. a
     :class:`diffdecon.denoiser_variance.DenoiserVariance`, [prior-space units^2]), plus
@@ -422,6 +424,12 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
     ``exact_cov``: a callable ``(x_t, t) -> (c, B)`` giving ``V_t = diag(c) + B^T B`` per sample,
     ``c`` (N,) or per pixel (``posterior_covariance`` of a prior, or
     :func:`_jacobian_covariance`; :class:`_SampleLowRank`); it replaces ``v0`` and ``variance``.
+
+    ``lookahead``: a callable ``(D, t) -> b`` [prior-space units, shaped like ``D``], what the
+    prior's chain still changes in ``x0`` after this step on average
+    (:class:`diffdecon.lookahead.ChainLookahead`): the data observe ``x0 + b``, the chain's final
+    image, so ``forward``, its linearisation and ``precond`` are taken at ``x + b``; ``x0_post``
+    is returned without ``b`` (the step's own ``x0``).
     """
     if not isinstance(cg_iters, int) or cg_iters < 1:
         raise ValueError(f"cg_iters={cg_iters!r}: expected a positive int")
@@ -435,6 +443,11 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
         else:
             exact = _SampleLowRank(*exact_cov(x_t.detach(), t), D)
             c, v_inv, v_inv_half = exact.c, exact.inv, exact.inv_half
+        b = None if lookahead is None else lookahead(D, t).to(D.dtype)
+    if b is not None:  # the data see the chain's final image x0 + b (lookahead.py)
+        forward = _shifted(forward, b)
+        linearise = None if linearise is None else _shifted(linearise, b)
+        precond = None if precond is None else _shifted(precond, b)
     s2 = sigma_y**2
     y_pert, prior_pert = y, None
     x = D
@@ -459,6 +472,11 @@ def mmps_isotropic_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 1
         delta = x - D + step
         x = D + (delta if max_step is None else delta.clamp(-max_step, max_step))
     return _clip(x, x0_clip), D
+
+
+def _shifted(f: Callable, b: torch.Tensor) -> Callable:
+    """``x -> f(x + b)``."""
+    return lambda x: f(x + b)
 
 
 def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=None):
@@ -582,6 +600,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     last_newton: int | None = None,
     jacobian_rank: int = 16,
     jacobian_min_t: int = 500,
+    lookahead: Callable[[torch.Tensor, int], torch.Tensor] | str | None = None,
 ):
     """Moment Matching Posterior Sampling with DDIM steps (Song et al. 2021, eq. 12).
 
@@ -619,6 +638,12 @@ def mmps(  # long by its documented parameters: the body is one loop
     low-rank term measured from the denoiser's Jacobian (:func:`jacobian_lowrank`) and the
     smallest diffusion time (of 0 ... T - 1) at which it is added to the empirical covariance.
 
+    ``lookahead`` (diagonal covariances only): a callable ``(D, t) -> b``, the mean change the
+    prior's own chain still makes to ``x0`` after the step at ``t`` (:mod:`diffdecon.lookahead`);
+    each step then fits the data through ``x0 + b``, the chain's final image. A table with a
+    ``times`` attribute must have been measured on this sampler's time grid; ``"chain"`` takes
+    the prior's own table for this grid (:func:`diffdecon.lookahead.of_prior`, cached).
+
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
@@ -641,6 +666,23 @@ def mmps(  # long by its documented parameters: the body is one loop
                                          x0_clip)
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
+    if lookahead is not None:
+        if covariance == "tweedie":
+            raise ValueError("lookahead is used by the diagonal covariances only; pass lookahead=None with 'tweedie'")
+        if isinstance(lookahead, str):
+            if lookahead != "chain":
+                raise ValueError(f"lookahead={lookahead!r}: expected None, 'chain' or a callable (D, t) -> b")
+            if getattr(prior, "profile", None) is None:
+                raise ValueError(f"lookahead='chain' needs a prior with a profile (a trained DiffusionPrior); "
+                                 f"{type(prior).__name__} has none: pass a table (diffdecon.lookahead.measure)")
+            from .lookahead import of_prior
+
+            lookahead = of_prior(prior, steps=steps, spacing=spacing, progress=progress)
+        grid = getattr(lookahead, "times", None)
+        if grid is not None and not np.array_equal(np.asarray(grid), ts.cpu().numpy()):
+            raise ValueError(f"lookahead measured on the times {list(grid)}, the sampler runs {ts.tolist()} "
+                             f"({steps} steps, {spacing!r} spacing): measure it on this grid "
+                             "(diffdecon.lookahead.measure)")
     x0_prev = None
     for i, t in enumerate(tqdm(ts.tolist(), desc=f"mmps ({covariance})", disable=not progress, leave=False)):
         if covariance != "tweedie":
@@ -650,7 +692,8 @@ def mmps(  # long by its documented parameters: the body is one loop
                                            max_step, variance, linearise, cg_tol,
                                            last_newton if i == len(ts) - 1 else newton,
                                            x0_prev if warm_start else None,
-                                           None if covariance == "jacobian" and t < jacobian_min_t else exact_cov)
+                                           None if covariance == "jacobian" and t < jacobian_min_t else exact_cov,
+                                           lookahead)
             x0_prev = x0_post
         else:
             x0_post, _ = mmps_x0(prior, x, t, y, forward, sigma, cg_iters, x0_clip)
@@ -676,6 +719,7 @@ def mmps_prior(  # the loop of mmps without data
     variance: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     spacing: str = "linear",
     last_draw: bool = False,
+    on_step: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None,
 ) -> torch.Tensor:
     """The chain of :func:`mmps` when the data carry no information (``A = 0``): unconditional
     prior samples as the posterior sampler sees the prior, so that a posterior sample without
@@ -687,7 +731,10 @@ def mmps_prior(  # the loop of mmps without data
     ``|S xi|`` bounded by ``max_step`` and the result clipped to ``x0_clip`` like the posterior
     step) or ``D`` itself (``x0_draw=False``: :func:`diffdecon.samplers.ddim_sample`), followed
     by the DDIM step with ``eta``; the last step returns ``D``, or with ``last_draw`` a draw as
-    the others. Parameters as :func:`mmps`. Returns ``(n, C, H, W)`` prior-space samples.
+    the others. Parameters as :func:`mmps`; ``on_step(D, x0, t)``, when given, is called at every
+    step with the denoiser's ``D`` and the step's ``x0`` (both ``(n, C, H, W)``, prior space) and
+    the diffusion time ``t`` (e.g. to record the chain, :mod:`diffdecon.lookahead`). Returns
+    ``(n, C, H, W)`` prior-space samples.
     """
     if last_draw and not x0_draw:
         raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of N(D, V_t))")
@@ -705,7 +752,7 @@ def mmps_prior(  # the loop of mmps without data
         variance = _measured_variance(prior, covariance, variance, progress)
     abar = _alphas_cumprod(prior)
 
-    def x0_step(D, t, last):  # a draw of N(D, V_t); the last step returns the mean unless last_draw, as in mmps
+    def draw(D, t, last):  # a draw of N(D, V_t); the last step returns the mean unless last_draw, as in mmps
         if not x0_draw or (last and not last_draw):
             return D
         c, lowrank_at = _diagonal_variance(float(abar[t]), v0, variance, D, t)
@@ -713,6 +760,12 @@ def mmps_prior(  # the loop of mmps without data
         if max_step is not None:
             delta = delta.clamp(-max_step, max_step)
         return _clip(D + delta, x0_clip)
+
+    def x0_step(D, t, last):
+        x0 = draw(D, t, last)
+        if on_step is not None:
+            on_step(D, x0, t)
+        return x0
 
     with torch.no_grad():
         x = _unconditional(prior, n, generator, steps, shape, "ddim", eta, "small", x0_clip, progress, spacing,

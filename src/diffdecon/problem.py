@@ -117,7 +117,8 @@ class InverseProblem:
         """The keyword arguments of :func:`diffdecon.mmps.mmps` that the profile sets: its CG
         iterations, time spacing and covariance (or ``covariance``), the x0 sanity range, and
         for the diagonal covariances its CG tolerance, ``x0_draw`` (with ``last_draw`` when the
-        profile sets both), ``warm_start`` and ``last_newton``, the Jacobi
+        profile sets both), ``warm_start``, ``last_newton`` and ``lookahead="chain"`` when the
+        profile sets it, the Jacobi
         preconditioner of the CG solve (:meth:`normal_diagonal`), the trust region of the
         linearised step (:attr:`max_step`) and the closed-form linearisation (:meth:`linearised`)."""
         P = self.profile
@@ -127,6 +128,8 @@ class InverseProblem:
         if covariance != "tweedie":
             kw.update(precond=self.normal_diagonal, max_step=self.max_step, linearise=self.linearised,
                       cg_tol=P.cg_tol, x0_draw=P.x0_draw, warm_start=P.warm_start, last_newton=P.last_newton)
+            if P.lookahead:
+                kw["lookahead"] = "chain"
         if P.x0_draw and P.last_draw:
             kw["last_draw"] = True
         return kw

@@ -112,6 +112,7 @@ def provenance_header(result, prior):
     hdr["STEPS"] = (result.steps, "sampling steps")
     if getattr(result, "covariance", None):
         hdr["MMPSCOV"] = (result.covariance, "MMPS covariance of p(x0 | x_t)")
+        hdr["LOOKAHD"] = (bool(getattr(result, "lookahead", False)), "y fitted through the prior chain's lookahead")
     hdr["SEED"] = (-1 if result.seed is None else result.seed, "random seed (-1: external generator)")
     hdr["NSAMPLE"] = (result.n, "posterior samples")
     hdr["REDSHIFT"] = (pb.z, "redshift of the galaxy")

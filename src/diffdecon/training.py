@@ -59,7 +59,8 @@ PAPER_FID: tuple[float, ...] = (317.3, 235.3, 119.4, 132.6)
 """Published FID (Inception, 1024 samples) at :data:`PAPER_FID_STEPS`."""
 
 INFERENCE_FIELDS: tuple[str, ...] = ("sampling_steps", "cg_iters", "cg_tol", "x0_draw", "last_draw", "last_newton",
-                                      "warm_start", "time_spacing", "mmps_covariance", "n_posterior", "n_prior", "n_mock")
+                                      "warm_start", "time_spacing", "mmps_covariance", "lookahead", "n_posterior", "n_prior",
+                                      "n_mock")
 """Profile fields that are recorded in a checkpoint but not compared: they size posterior
 sampling, not training, so changing them keeps the trained weights valid."""
 

@@ -121,7 +121,8 @@ def sampler_settings(profile: Profile | str) -> SamplerSettings:
                                     f"{P.time_spacing} time spacing{f', CG tolerance {P.cg_tol:g}' if P.cg_tol else ''}"
                                     f"{', steps from a draw of x0' + (' (the last too)' if P.last_draw else '') if P.x0_draw else ''}"
                                     f"{', CG warm-started from the previous step' if P.warm_start else ''}"
-                                    f"{f', {P.last_newton} linearisations in the last step' if P.last_newton > 1 else ''}), "
+                                    f"{f', {P.last_newton} linearisations in the last step' if P.last_newton > 1 else ''}"
+                                    f"{', the data fitted through the prior chain' + chr(39) + 's lookahead' if P.lookahead else ''}), "
                                     f"DPS {P.sampling_steps} "
                                     "steps (published 1000)",
                                mmps_covariance=P.mmps_covariance)
