@@ -105,7 +105,11 @@ _ = plotting.save_figure(fig, "synthetic_galaxy_grid")
 #   level, which the prior knows less well than any single pixel. (A trained network's Jacobian, the
 #   Tweedie covariance of the paper, is neither symmetric nor positive, and the linear solve
 #   then fails.) The system is solved by preconditioned conjugate gradients, and the steps
-#   are spaced quadratically in time, dense at low noise, so far fewer steps are needed;
+#   are spaced quadratically in time, dense at low noise, so far fewer steps are needed.
+#   Each step fits the data through the image the prior's own chain will end at,
+#   $x_0 + b_t(D)$, with $b_t$ the mean change its later steps still make, measured on its
+#   own draws (`diffdecon.lookahead`): the trained network's chain ends with less faint light
+#   than each step's denoiser predicts, and without this the samples come out too faint;
 # * **DPS** in the published convention (step size $\zeta_t = 1/\lVert r \rVert$ on the
 #   squared residual norm), with the norm computed per sample;
 # * **Richardson-Lucy** and **Wiener** deconvolution on the observation grid, rebinned

@@ -66,7 +66,8 @@ class ChainLookahead:
     0: the grid of ``mmps`` with the same steps and spacing), ``edges`` (K, C, N_BINS - 1)
     bin edges in ``D`` [prior space], ``table`` (K, C, rings, N_BINS) mean of ``x0_final - D``
     [prior-space units], ``count`` (K, C, rings, N_BINS) pixels behind each cell, ``identity``:
-    what the table was measured for (checked by :func:`diffdecon.mmps.mmps` against its grid)."""
+    what the table was measured on (the chain's settings and number of draws), for records;
+    :func:`diffdecon.mmps.mmps` checks ``times`` against its own grid."""
 
     times: np.ndarray
     edges: torch.Tensor
