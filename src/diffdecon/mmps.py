@@ -518,7 +518,7 @@ def mmps_x0(prior, x_t, t: int, y, forward, sigma_y, cg_iters: int = 5, x0_clip=
 
 
 def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=None, cg_tol=None,
-                     warm_start=False) -> None:
+                     warm_start=False, lookahead=None) -> None:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: expected a positive int")
     if not 0.0 <= eta <= 1.0:
@@ -535,6 +535,8 @@ def _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise=
         raise ValueError("linearise is used by the diagonal covariances only; pass linearise=None with 'tweedie'")
     if warm_start and covariance == "tweedie":
         raise ValueError("warm_start is used by the diagonal covariances only; pass warm_start=False with 'tweedie'")
+    if lookahead is not None and covariance == "tweedie":
+        raise ValueError("lookahead is used by the diagonal covariances only; pass lookahead=None with 'tweedie'")
     if variance is not None and covariance not in MEASURED:
         raise ValueError(f"variance is used by covariance {', '.join(map(repr, MEASURED))} only, got covariance={covariance!r}")
 
@@ -647,7 +649,7 @@ def mmps(  # long by its documented parameters: the body is one loop
     Returns ``(n, C, H, W)`` prior-space samples, or ``(x, valid)`` with
     ``on_divergence="mask"``.
     """
-    _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol, warm_start)
+    _check_arguments(n, eta, cg_iters, covariance, precond, variance, linearise, cg_tol, warm_start, lookahead)
     if last_draw and not x0_draw:
         raise ValueError("last_draw=True needs x0_draw=True (the steps from a draw of p(x0 | x_t, y))")
     last_newton = newton if last_newton is None else last_newton
@@ -667,8 +669,6 @@ def mmps(  # long by its documented parameters: the body is one loop
     ts, a_t, a_prev, chw, y, sigma, x, div = _posterior_setup(prior, y, sigma_y, generator, n, steps, shape,
                                                               on_divergence, max_abs, "mmps", spacing)
     if lookahead is not None:
-        if covariance == "tweedie":
-            raise ValueError("lookahead is used by the diagonal covariances only; pass lookahead=None with 'tweedie'")
         if isinstance(lookahead, str):
             if lookahead != "chain":
                 raise ValueError(f"lookahead={lookahead!r}: expected None, 'chain' or a callable (D, t) -> b")
